@@ -7,7 +7,6 @@ Every user error is a :class:`~poisongen.errors.PoisonGenError`, shown as one re
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,20 @@ from rich.table import Table
 
 from .errors import ConfigError, PoisonGenError
 
+class ErrorsAsOneLine(typer.core.TyperGroup):
+    """Show every :class:`PoisonGenError` as one red line with exit code 2, in the console script
+    and under ``CliRunner`` alike."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PoisonGenError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=ErrorsAsOneLine,
     name="poisongen",
     help="Write auditable poisoned copies of segmentation datasets (for measuring and defending "
     "against training-data poisoning). Every poisoned byte is listed in the output's manifest.json.",
@@ -117,24 +129,8 @@ def info(
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one red line and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except PoisonGenError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        console.print("[bold red]aborted[/]")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    """Console-script entry point."""
+    app()
 
 
 if __name__ == "__main__":

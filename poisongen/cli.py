@@ -4,9 +4,9 @@ verify, diff, show and attacks.
 Every user error is a :class:`~poisongen.errors.PoisonGenError`, shown as one red line, exit code 2.
 """
 
-from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .errors import ConfigError, PoisonGenError
 
+
 class ErrorsAsOneLine(typer.core.TyperGroup):
     """Show every :class:`PoisonGenError` as one red line with exit code 2, in the console script
     and under ``CliRunner`` alike."""
@@ -24,7 +25,10 @@ class ErrorsAsOneLine(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except PoisonGenError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            # escape: a path or value in the message may contain [brackets] that rich would eat
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -126,6 +130,351 @@ def info(
 
     ds = open_dataset(src, layout)
     print_summary(dataset_summary(ds, read=check, jobs=jobs or default_jobs()))
+
+
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--position '{text}' is not 'y,x' in whole pixels (top-left corner)") from None
+    return (y, x)
+
+
+def load_config_file(path: Path | None) -> dict:
+    """``--config FILE.yaml``: option names with dashes or underscores; flags given on the command
+    line win over the file."""
+    if path is None:
+        return {}
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"--config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def merge_config_file(ctx: typer.Context, values: dict, path: Path | None) -> dict:
+    file_values = load_config_file(path)
+    unknown = sorted(set(file_values) - set(values))
+    if unknown:
+        raise ConfigError(f"unknown option '{unknown[0]}' in --config {path}; valid are {sorted(values)}")
+    merged = dict(values)
+    for k, v in file_values.items():
+        source = ctx.get_parameter_source(k)
+        if source is None or source.name != "COMMANDLINE":
+            merged[k] = v
+    return merged
+
+
+class progress_bars:
+    """A rich progress bar per phase (planning, poisoning, copying); silent with ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def __call__(self, desc: str, total: int):
+        from contextlib import contextmanager
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        @contextmanager
+        def bar():
+            if self.quiet or total == 0:
+                yield None
+                return
+            with Progress(
+                f"[bold]{desc:<10}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=console, transient=False,
+            ) as prog:
+                task = prog.add_task(desc, total=total)
+                yield lambda n: prog.advance(task, n)
+
+        return bar()
+
+
+def _band_text(lower: float, upper: float | None) -> str:
+    return f"[{lower:g}, {'inf' if upper is None else f'{upper:g}'})"
+
+
+def print_plan(plan, meta) -> None:
+    cfg = plan.config
+    t = Table(title=f"plan: {cfg.attack} on split '{cfg.split}' (dry run, nothing written)")
+    for col in ("id", "top-left (y,x)", "centre", "distance", "class under", "victim px", "PRL px"):
+        t.add_column(col)
+    for sp in plan.selected:
+        d = sp.placement.distance
+        t.add_row(sp.id, str(sp.placement.top_left), str(sp.placement.centre), "inf" if d == float("inf") else f"{d:.1f}",
+                  ",".join(meta.names[c] if c < meta.num_classes else str(c) for c in sp.placement.under),
+                  str(sp.victim_pixels), str(len(sp.prl)))
+    out.print(t)
+    out.print(plan.counts())
+    for s in plan.skipped[:20]:
+        out.print(f"skipped {s['id']}: {s['detail']}")
+
+
+def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
+    c = manifest["counts"]
+    relabeled = sum(r["changed_pixels"] for r in manifest["samples"])
+    total = sum(timings.values())
+    t = Table(title=f"{manifest['config']['attack']} -> {out_dir}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [
+        ("samples in split", c["split_samples"]), ("holding the victim", c["with_victim"]),
+        ("candidates", c["candidates"]), ("poisoned", c["poisoned"]), ("skipped (no trigger position)", c["skipped"]),
+        ("label pixels relabeled", relabeled),
+        ("time plan / apply / copy (s)", " / ".join(f"{timings.get(k, 0):.2f}" for k in ("plan", "apply", "copy"))),
+        ("throughput (poisoned samples/s)", f"{c['poisoned'] / max(timings.get('apply', 0), 1e-9):.1f}"),
+        ("total time (s)", f"{total:.2f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+    out.print(f"manifest: {out_dir / 'manifest.json'}")
+
+
+def _attack_options(ctx: typer.Context, attack: str, kind: str, values: dict) -> tuple:
+    """Shared by the attack commands and testset: options -> (dataset, config)."""
+    from .attacks import resolve
+    from .datasets import open_dataset
+
+    values = merge_config_file(ctx, values, values.pop("config"))
+    ds = open_dataset(values.pop("src"), values.pop("layout"))
+    size = values.pop("trigger_size")
+    cfg = resolve(
+        ds, attack, kind=kind,
+        trigger_size=parse_size(size, "--trigger-size") if size else None,
+        position=parse_position(values.pop("position")),
+        hash_files=not values.pop("no_hash"),
+        **values,
+    )
+    return ds, cfg
+
+
+def make_attack_command(attack: str):
+    from .attacks import PRESETS
+
+    preset = PRESETS[attack]
+
+    def command(
+        ctx: typer.Context,
+        src: SrcOpt,
+        out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete poisoned copy, same layout.")] = None,
+        rate: Annotated[float | None, typer.Option(help="Poisoning rate over the training split, in (0, 1].")] = None,
+        count: Annotated[int | None, typer.Option(help="Poison exactly this many samples (instead of --rate).")] = None,
+        victim: Annotated[str | None, typer.Option(help="Victim class(es), names or train ids, comma list. Default: Cityscapes car, VOC person, ADE20K car.")] = None,
+        target: Annotated[str | None, typer.Option(help="Target class. Default: Cityscapes road, VOC background, ADE20K road.")] = None,
+        trigger: Annotated[str, typer.Option(help="Trigger image (alpha honoured) or 'builtin'.")] = "builtin",
+        trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW]. Default: Cityscapes 55 px at 512x1024 scaled with the image height (28 px at 256x512); VOC/ADE20K 15 px.")] = None,
+        alpha: Annotated[float, typer.Option(help="Blend factor lambda in (0, 1].")] = 1.0,
+        strategy: Annotated[str | None, typer.Option(help=f"Placement: random, nearest, fixed. Default for {attack}: {preset.strategy}.")] = None,
+        lower: Annotated[float, typer.Option(help="Distance band lower bound L (px, inclusive).")] = 0.0,
+        upper: Annotated[float | None, typer.Option(help="Distance band upper bound U (px, exclusive). nni default: Cityscapes 60 at 512x1024 scaled with height (30 at 256x512), VOC/ADE20K 30; otherwise none.")] = None,
+        metric: Annotated[str, typer.Option(help="Distance metric: euclidean (paper Eq. 1) or chessboard (published code).")] = "euclidean",
+        allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass", help="Window may cover several non-victim classes (IBA appendix C).")] = False,
+        allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim", help="No class constraint on the window (IBA appendix D).")] = False,
+        edge_margin: Annotated[int, typer.Option(help="Keep the window this many px from the image border.")] = 0,
+        position: Annotated[str | None, typer.Option(help="Top-left 'y,x' for --strategy fixed.")] = None,
+        prl_pixels: Annotated[int | None, typer.Option(help=f"PRL: Q pixels relabeled per poisoned sample. Default for {attack}: {preset.prl_pixels}.")] = None,
+        min_victim_pixels: Annotated[int, typer.Option(help="A candidate holds at least this many victim pixels.")] = 1,
+        allow_fewer: Annotated[bool, typer.Option("--allow-fewer", help="Poison all candidates if fewer than requested (recorded).")] = False,
+        seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel workers (default: all cores). Never changes the output.")] = 0,
+        link: Annotated[str, typer.Option(help="Unchanged files: copy, hardlink or symlink.")] = "copy",
+        jpeg_quality: Annotated[int, typer.Option(help="JPEG quality for poisoned images whose source is JPEG (recorded).")] = 95,
+        no_hash: Annotated[bool, typer.Option("--no-hash", help="Do not hash unchanged files (faster; verify cannot check them).")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+        config: Annotated[Path | None, typer.Option("--config", help="YAML file of options; flags override it.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+        layout: LayoutOpt = None,
+    ) -> None:
+        values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset")}
+        from . import pipeline
+        from .plan import build_plan
+
+        if rate is None and count is None and config is None:
+            raise ConfigError("give --rate R (in (0, 1]) or --count N")
+        ds, cfg = _attack_options(ctx, attack, "train", values)
+        n_jobs = jobs or default_jobs()
+        if dry_run:
+            print_plan(build_plan(ds, cfg, n_jobs), ds.meta)
+            return
+        if out_dir is None:
+            raise ConfigError("give --out FOLDER (or --dry-run)")
+        manifest, _, timings = pipeline.run(
+            ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
+            progress=progress_bars(quiet),
+        )
+        print_run_summary(manifest, timings, out_dir)
+
+    command.__doc__ = f"{preset.summary}. ({preset.paper})"
+    return command
+
+
+def _register_attacks() -> None:
+    from .attacks import PRESETS
+
+    for name in PRESETS:
+        app.command(name=name)(make_attack_command(name))
+
+
+_register_attacks()
+
+
+@app.command()
+def testset(
+    ctx: typer.Context,
+    src: SrcOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete copy whose val samples with the victim carry the trigger.")],
+    split: Annotated[str | None, typer.Option(help="Split to trigger (default: the layout's validation split).")] = None,
+    victim: Annotated[str | None, typer.Option(help="Victim class(es); samples holding them get the trigger.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target class (recorded for ASR; labels stay untouched).")] = None,
+    strategy: Annotated[str, typer.Option(help="Placement: random or nearest (or fixed with --position).")] = "random",
+    lower: Annotated[float, typer.Option(help="Distance band lower bound L.")] = 0.0,
+    upper: Annotated[float | None, typer.Option(help="Distance band upper bound U.")] = None,
+    trigger: Annotated[str, typer.Option(help="Trigger image or 'builtin'.")] = "builtin",
+    trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW] (default as for the attacks).")] = None,
+    alpha: Annotated[float, typer.Option(help="Blend factor lambda.")] = 1.0,
+    metric: Annotated[str, typer.Option(help="euclidean or chessboard.")] = "euclidean",
+    allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass")] = False,
+    allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim")] = False,
+    edge_margin: Annotated[int, typer.Option()] = 0,
+    position: Annotated[str | None, typer.Option(help="Top-left 'y,x' for --strategy fixed.")] = None,
+    min_victim_pixels: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    from_manifest: Annotated[Path | None, typer.Option("--from-manifest", help="Reuse the trigger positions of this test manifest (identical positions for every model).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j")] = 0,
+    link: Annotated[str, typer.Option()] = "copy",
+    jpeg_quality: Annotated[int, typer.Option()] = 95,
+    no_hash: Annotated[bool, typer.Option("--no-hash")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    config: Annotated[Path | None, typer.Option("--config")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    layout: LayoutOpt = None,
+) -> None:
+    """Write a Poisoned Test (SPEC section 5): every validation sample holding the victim gets the
+    trigger, labels untouched. One run per distance band; reuse positions with --from-manifest."""
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest")}
+    from . import manifest as mf
+    from . import pipeline
+    from .attacks import resolve
+    from .datasets import open_dataset
+
+    values = merge_config_file(ctx, values, values.pop("config"))
+    n_jobs = jobs or default_jobs()
+    ds = open_dataset(values.pop("src"), values.pop("layout"))
+    plan, extra = None, {}
+    if from_manifest is not None:
+        m = mf.load(from_manifest)
+        if m.get("kind") != "testset":
+            raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
+        from .config import AttackConfig
+
+        cfg = AttackConfig.from_dict(m["config"])
+        plan = pipeline.plan_from_manifest(ds, m, cfg)
+        extra = {"from_manifest": {"path": str(from_manifest), "integrity": m["integrity"]}}
+    else:
+        size = values.pop("trigger_size")
+        cfg = resolve(
+            ds, "nni" if values["strategy"] == "nearest" else "baseline", kind="testset",
+            trigger_size=parse_size(size, "--trigger-size") if size else None,
+            position=parse_position(values.pop("position")), hash_files=not values.pop("no_hash"), **values,
+        )
+    manifest, _, timings = pipeline.run(
+        ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
+        progress=progress_bars(quiet), plan=plan, extra=extra,
+    )
+    print_run_summary(manifest, timings, out_dir)
+
+
+@app.command()
+def verify(
+    out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder (holding manifest.json).")],
+    src: Annotated[str | None, typer.Option("--src", help="The source dataset: re-derive every poisoned file from it.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j")] = 0,
+) -> None:
+    """Re-hash every file against the manifest; with --src, re-derive every poisoned file. Exit 1 on
+    any mismatch, listing each."""
+    from .verify import verify as run_verify
+
+    problems = run_verify(out_dir, src, jobs or default_jobs())
+    if problems:
+        for p in problems:
+            out.print(f"[red]MISMATCH[/] {p}", highlight=False)
+        out.print(f"[bold red]{len(problems)} mismatch(es)[/]")
+        raise typer.Exit(1)
+    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else ""))
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First manifest.json (or its folder).")],
+    b: Annotated[Path, typer.Argument(help="Second manifest.json (or its folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the difference as JSON.")] = False,
+) -> None:
+    """Compare two manifests: config, samples only in one, samples whose trigger or relabel differ."""
+    import json
+
+    from . import manifest as mf
+
+    d = mf.diff(mf.load(a), mf.load(b))
+    if as_json:
+        print(json.dumps(d, indent=1, sort_keys=True))
+        return
+    t = Table(title=f"config differences ({len(d['config'])})")
+    for col in ("option", "a", "b"):
+        t.add_column(col)
+    for k, v in d["config"].items():
+        t.add_row(k, str(v["a"]), str(v["b"]))
+    out.print(t)
+    out.print(f"samples only in a: {len(d['only_in_a'])}  only in b: {len(d['only_in_b'])}  "
+              f"differing: {len(d['changed'])}  identical: {d['same']}")
+    for sid, fields in list(d["changed"].items())[:50]:
+        out.print(f"  {sid}: " + ", ".join(f"{f} {v['a']} -> {v['b']}" for f, v in fields.items()
+                                          if f != "prl") + (" (prl differs)" if "prl" in fields else ""))
+    for k, v in d["counts"].items():
+        out.print(f"counts.{k}: {v['a']} -> {v['b']}")
+
+
+@app.command()
+def show(
+    out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder.")],
+    sample_id: Annotated[str, typer.Argument(help="A poisoned sample's id (see manifest.json).")],
+    png: Annotated[Path, typer.Option("--png", help="Where to write the panel (PNG).")],
+    src: Annotated[str | None, typer.Option("--src", help="The source dataset (default: the root in the manifest).")] = None,
+) -> None:
+    """Write one panel: clean and poisoned image (trigger boxed), clean and poisoned label (changes outlined)."""
+    from .show import save_panel
+
+    save_panel(out_dir, sample_id, png, src)
+    out.print(f"wrote {png}")
+
+
+@app.command()
+def attacks() -> None:
+    """List the available attacks."""
+    from .attacks import PRESETS
+
+    t = Table(title="poisongen attacks")
+    for col in ("command", "what it does", "source", "placement", "PRL Q"):
+        t.add_column(col)
+    for p in PRESETS.values():
+        t.add_row(p.name, p.summary, p.paper, p.strategy, str(p.prl_pixels))
+    out.print(t)
 
 
 def main() -> None:

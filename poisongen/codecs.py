@@ -76,7 +76,10 @@ def read_palette_png(path: str | Path) -> tuple[np.ndarray, list[int] | None]:
             if im.mode == "P":
                 return np.array(im, dtype=np.uint8), im.getpalette()
             if im.mode in ("L", "I;16", "I"):
-                return np.array(im).astype(np.uint8, copy=False), None
+                arr = np.array(im)
+                if arr.size and int(arr.max()) > 255:
+                    raise DatasetError(f"label values up to {int(arr.max())} do not fit 8-bit class ids: {path}")
+                return arr.astype(np.uint8, copy=False), None
             raise DatasetError(f"expected a palette or grayscale label PNG, got mode {im.mode}: {path}")
     except DatasetError:
         raise

@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 from ..errors import DatasetError, choices
+from .ade20k import ADE20K
 from .base import IGNORE, ClassInfo, DatasetMeta, Layout, LoadedSample, Sample
 from .cityscapes import Cityscapes
+from .folder import Folder
+from .voc import VOC
 
 #: layout name -> class. Detection tries them in this order.
 LAYOUTS: dict[str, type[Layout]] = {
     "cityscapes": Cityscapes,
+    "voc": VOC,
+    "ade20k": ADE20K,
+    "folder": Folder,
 }
 
 #: names accepted by ``--src NAME`` -> folder names tried under $POISONGEN_DATA

@@ -153,8 +153,9 @@ class Layout(ABC):
     """A dataset layout on disk. Subclasses set ``name``, ``train_split``, ``val_split``."""
 
     name: ClassVar[str]
-    train_split: ClassVar[str] = "train"
-    val_split: ClassVar[str] = "val"
+    # plain attributes: layouts whose split names depend on the data (VOC, folder) set them per instance
+    train_split: str = "train"
+    val_split: str = "val"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -166,9 +166,18 @@ class Cityscapes(Layout):
 
     def read_label(self, sample: Sample) -> np.ndarray:
         raw = read_gray(self.root / sample.label)
-        if sample.label.endswith("_labelTrainIds.png"):
-            return self.check_label_values(raw.astype(np.uint8, copy=False), sample)
-        if raw.dtype != np.uint8 or raw.max() > MAX_RAW_ID:
+        train_ids = sample.label.endswith("_labelTrainIds.png")
+        if raw.dtype != np.uint8:  # 16-bit PNG: fine as long as the values fit the table
+            if int(raw.max()) > 255:
+                bad = sorted({int(v) for v in np.unique(raw) if v > 255})
+                raise DatasetError(
+                    f"label of sample '{sample.id}' ({sample.label}) holds values {bad[:5]} outside the "
+                    f"Cityscapes {'train-id' if train_ids else 'label'} table"
+                )
+            raw = raw.astype(np.uint8)
+        if train_ids:
+            return self.check_label_values(raw, sample)
+        if raw.max() > MAX_RAW_ID:
             bad = sorted({int(v) for v in np.unique(raw) if v > MAX_RAW_ID})
             raise DatasetError(
                 f"label of sample '{sample.id}' ({sample.label}) holds values {bad[:5]} outside the "
@@ -191,6 +200,7 @@ class Cityscapes(Layout):
         old = self.read_label(sample)
         if old.shape != label.shape:
             raise DatasetError(f"new label {label.shape} does not match sample '{sample.id}' {old.shape}")
+        self.check_label_values(label, sample)
         changed = old != label
         new_vals = label[changed]
         new_raw = TRAIN_TO_ID[new_vals]  # train 255 -> raw 0 'unlabeled'
@@ -219,14 +229,7 @@ class Cityscapes(Layout):
         inst_path = self._file(sample, "instanceIds")
         if inst_path:
             inst_raw = read_gray(self.root / inst_path)
-            inst = inst_raw.astype(np.int64)
-            old_inst = inst[changed]
-            keep_k = np.where(old_inst >= 1000, old_inst % 1000, 0)
-            thing = ID_HAS_INSTANCES[new_raw]
-            # A pixel relabeled to a thing class keeps its instance index (k) under the new class;
-            # a pixel relabeled to stuff carries the stuff class id, as Cityscapes does.
-            inst[changed] = np.where(thing & (old_inst >= 1000), new_raw.astype(np.int64) * 1000 + keep_k, new_raw)
-            out[inst_path] = encode_png(inst.astype(inst_raw.dtype))
+            out[inst_path] = encode_png(relabel_instances(inst_raw, changed, new_raw))
         if not out:
             raise DatasetError(f"sample '{sample.id}' has no label file to write back")
         return out
@@ -240,3 +243,37 @@ def colorize(raw_ids: np.ndarray, alpha: bool = True) -> np.ndarray:
         return np.ascontiguousarray(bgr)
     return np.ascontiguousarray(np.concatenate([bgr, np.full(raw_ids.shape + (1,), 255, np.uint8)], axis=2))
 
+
+def relabel_instances(inst_raw: np.ndarray, changed: np.ndarray, new_raw: np.ndarray) -> np.ndarray:
+    """The ``instanceIds`` map after the pixels ``changed`` got the raw ids ``new_raw``.
+
+    A pixel relabeled to a stuff class (or from a pixel that was no instance) carries the new class
+    id, as Cityscapes does for pixels without an instance. An instance relabeled to a thing class
+    stays one instance under the new class, with the next index ``k`` free in that class, so it never
+    merges with an instance the image already has.
+    """
+    inst = inst_raw.astype(np.int64)
+    old_inst = inst[changed]
+    new_ids = new_raw.astype(np.int64)
+    stays_instance = ID_HAS_INSTANCES[new_raw] & (old_inst >= 1000)
+    result = np.where(stays_instance, 0, new_ids)
+    if stays_instance.any():
+        unchanged = inst[~changed]
+        taken: dict[int, set[int]] = {}
+        for v in np.unique(unchanged[unchanged >= 1000]).tolist():
+            taken.setdefault(v // 1000, set()).add(v % 1000)
+        pairs = np.stack([old_inst[stays_instance], new_ids[stays_instance]], axis=1)
+        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        assigned = np.empty(len(uniq), np.int64)
+        for i, (_, cls) in enumerate(uniq.tolist()):
+            used = taken.setdefault(cls, set())
+            k = 0
+            while k in used:
+                k += 1
+            used.add(k)
+            assigned[i] = cls * 1000 + k
+        result[stays_instance] = assigned[inverse.ravel()]
+    inst[changed] = result
+    if int(inst.max()) > np.iinfo(inst_raw.dtype).max:
+        raise DatasetError(f"instance ids exceed the {inst_raw.dtype} instanceIds encoding")
+    return inst.astype(inst_raw.dtype)

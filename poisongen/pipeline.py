@@ -1,0 +1,131 @@
+"""One path for the data: samples -> plan -> apply_one (parallel) -> writer -> manifest.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+from joblib import Parallel, delayed
+
+from . import manifest as mf
+from .apply import apply_one
+from .attacks import with_trigger_hash
+from .config import AttackConfig
+from .datasets.base import Layout
+from .errors import PoisonGenError
+from .plan import Plan, SamplePlan, build_plan
+from .triggers import prepare_pattern
+from .writer import check_out, mirror, staging
+
+# A progress callback factory: (description, total) -> context manager yielding advance(n).
+ProgressFactory = Callable[[str, int], object]
+
+
+def _no_progress(desc: str, total: int):
+    return nullcontext(None)
+
+
+def normalised_command(argv: list[str]) -> list[str]:
+    """The command line less ``--jobs N``, which never changes the output (so that manifests of
+    runs with different worker counts are identical apart from ``created_at``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--jobs", "-j"):
+            skip = True
+            continue
+        if a.startswith("--jobs="):
+            continue
+        out.append(a)
+    return out
+
+
+def plan_from_manifest(ds: Layout, m: dict, cfg: AttackConfig) -> Plan:
+    """Replay the trigger positions of an existing manifest on another copy of the data."""
+    selected = [SamplePlan.from_dict(r) for r in m["samples"]]
+    known = {s.id for s in ds.samples(cfg.split)}
+    missing = [sp.id for sp in selected if sp.id not in known]
+    if missing:
+        raise PoisonGenError(
+            f"--from-manifest lists {len(missing)} samples absent from split '{cfg.split}' of {ds.root}, "
+            f"e.g. '{missing[0]}'"
+        )
+    c = m["counts"]
+    return Plan(cfg, len(known), c["with_victim"], c["candidates"], c["requested"], selected, list(m["skipped"]))
+
+
+def run(
+    ds: Layout,
+    cfg: AttackConfig,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    jobs: int = 1,
+    command: list[str] | None = None,
+    progress: ProgressFactory = _no_progress,
+    plan: Plan | None = None,
+    extra: dict | None = None,
+) -> tuple[dict, Plan, dict]:
+    """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds)."""
+    out = Path(out)
+    check_out(ds.root, out, overwrite)
+    timings: dict[str, float] = {}
+    pattern, sha = prepare_pattern(cfg.trigger.source, cfg.trigger.size)
+    cfg = with_trigger_hash(cfg, sha)
+    t0 = time.perf_counter()
+    if plan is None:
+        samples = ds.samples(cfg.split)
+        with progress("planning", len(samples)) as adv:
+            plan = build_plan(ds, cfg, jobs, adv)
+    else:
+        plan.config = cfg
+    timings["plan"] = time.perf_counter() - t0
+    by_id = {s.id: s for s in ds.samples(cfg.split)}
+    backend = "loky" if jobs > 1 else "sequential"
+    with staging(out) as tmp:
+        t0 = time.perf_counter()
+        with progress("poisoning", len(plan.selected)) as adv:
+            records = []
+            gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                delayed(apply_one)(ds, by_id[sp.id], sp, cfg, pattern, tmp) for sp in plan.selected
+            )
+            for rec in gen:
+                records.append(rec)
+                if adv:
+                    adv(1)
+        timings["apply"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        written = {f["path"] for r in records for f in r["files"]}
+        rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
+        with progress("copying", len(rest)) as adv:
+            unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)
+        timings["copy"] = time.perf_counter() - t0
+        source_files = dict(unchanged)
+        for r in records:
+            for f in r["files"]:
+                source_files[f["path"]] = f["source_sha256"]
+        src_manifest = ds.root / mf.NAME
+        ext = dict(extra or {})
+        if src_manifest.is_file():
+            from .codecs import sha256_file
+
+            ext["source_manifest_sha256"] = sha256_file(src_manifest)
+        manifest = mf.build(
+            config=cfg.to_dict(),
+            command=normalised_command(command or []),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            dataset={"layout": ds.name, "root": str(ds.root.resolve()), "classes": ds.meta.to_dict()},
+            counts=plan.counts(),
+            samples=records,
+            skipped=plan.skipped,
+            unchanged=unchanged,
+            source_files=source_files,
+            extra=ext,
+        )
+        mf.save(manifest, tmp / mf.NAME)
+    return manifest, plan, timings

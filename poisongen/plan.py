@@ -1,0 +1,181 @@
+"""Which samples are poisoned, where their triggers go, which PRL pixels change: the ONLY place
+randomness happens (SPEC section 2).
+
+Every random choice comes from a ``numpy.random.Generator`` derived from ``(seed, sample id)``, so a
+plan is the same whatever the number of workers, the backend or the order files are listed in. The
+plan is plain data: it is printed by ``--dry-run``, recorded in the manifest and replayed by ``verify``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from .config import AttackConfig
+from .datasets.base import Layout, Sample
+from .errors import SelectionError, TriggerError
+from .placement import REASONS, Placement, choose
+from .relabel import draw_prl_pixels
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash of a string that is the same on every machine and Python run."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def sample_rng(seed: int, sample_id: str) -> np.random.Generator:
+    """The generator of one sample: ``SeedSequence([seed, stable_hash(id)])``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stable_hash(sample_id)]))
+
+
+def draw_key(seed: int, sample_id: str) -> int:
+    """A sample's place in the run's draw order: the n candidates of smallest key are poisoned."""
+    return stable_hash(f"select:{seed}:{sample_id}")
+
+
+@dataclass
+class SamplePlan:
+    """What will be done to one sample."""
+
+    id: str
+    split: str
+    placement: Placement
+    victim_pixels: int
+    prl: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # rows [y, x, old, new]
+
+    def to_dict(self) -> dict:
+        d = self.placement.distance
+        return {
+            "id": self.id,
+            "split": self.split,
+            "top_left": list(self.placement.top_left),
+            "centre": list(self.placement.centre),
+            "distance": None if math.isinf(d) else round(float(d), 4),
+            "under": list(self.placement.under),
+            "victim_pixels": self.victim_pixels,
+            "prl": self.prl.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SamplePlan:
+        dist = math.inf if d.get("distance") is None else float(d["distance"])
+        placement = Placement(tuple(d["top_left"]), tuple(d["centre"]), dist, tuple(d.get("under", ())))
+        prl = np.asarray(d.get("prl", []), np.int64).reshape(-1, 4)
+        return cls(d["id"], d["split"], placement, int(d.get("victim_pixels", 0)), prl)
+
+
+@dataclass
+class Plan:
+    config: AttackConfig
+    n_split: int  # samples in the split
+    n_with_victim: int  # samples holding >= min_victim_pixels victim pixels
+    n_candidates: int  # ... that also have an eligible trigger centre
+    n_requested: int
+    selected: list[SamplePlan]
+    skipped: list[dict]  # victim-holding samples with no eligible centre: {id, split, reason, detail}
+    fewer: bool = False  # fewer candidates than requested, accepted by --allow-fewer
+
+    def counts(self) -> dict:
+        return {
+            "split_samples": self.n_split,
+            "with_victim": self.n_with_victim,
+            "candidates": self.n_candidates,
+            "requested": self.n_requested,
+            "poisoned": len(self.selected),
+            "skipped": len(self.skipped),
+        }
+
+
+def _analyse(ds: Layout, sample: Sample, cfg: AttackConfig) -> tuple:
+    """Read one label and decide: too few victim pixels, no eligible centre, or a placement."""
+    label = ds.read_label(sample)
+    is_victim = np.zeros(256, bool)
+    is_victim[list(cfg.victim)] = True
+    n_victim = int(is_victim[label].sum())
+    if n_victim < cfg.min_victim_pixels:
+        return ("few", n_victim, label.shape)
+    rng = sample_rng(cfg.seed, sample.id)
+    p = cfg.placement
+    choice = choose(
+        label, cfg.victim, cfg.trigger.size, rng, p.strategy, p.lower, p.upper, p.constraint, p.metric,
+        p.edge_margin, p.position, ds.meta.ignore_index,
+    )
+    if isinstance(choice, str):
+        return ("skip", n_victim, label.shape, choice)
+    prl = np.zeros((0, 4), np.int64)
+    if cfg.kind == "train" and cfg.relabel.prl_pixels > 0:
+        prl = draw_prl_pixels(label, cfg.victim, cfg.target, cfg.relabel.prl_pixels, rng, ds.meta.ignore_index)
+    return ("ok", n_victim, label.shape, SamplePlan(sample.id, sample.split, choice, n_victim, prl))
+
+
+def requested_count(cfg: AttackConfig, n_split: int) -> int:
+    """``round(rate * N)`` with halves rounded up, or ``--count``."""
+    if cfg.count is not None:
+        return cfg.count
+    n = math.floor(cfg.rate * n_split + 0.5)
+    if n < 1:
+        raise SelectionError(f"--rate {cfg.rate} of {n_split} {cfg.split} samples poisons 0 samples; raise --rate")
+    return n
+
+
+def build_plan(
+    ds: Layout,
+    cfg: AttackConfig,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Plan:
+    """Analyse every sample of ``cfg.split`` in parallel and choose the poisoned ones.
+
+    ``train``: the ``n`` candidates of smallest :func:`draw_key` are poisoned. ``testset``: every
+    candidate is (SPEC section 5). Victim-holding samples without an eligible centre are listed as
+    skipped with their reason; fewer candidates than ``n`` is an error unless ``allow_fewer``.
+    """
+    samples = ds.samples(cfg.split)
+    results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
+        delayed(_analyse)(ds, s, cfg) for s in samples
+    )
+    outcomes = []
+    for r in results:
+        outcomes.append(r)
+        if progress:
+            progress(1)
+    h, w = cfg.trigger.size
+    if all(o[2][0] < h or o[2][1] < w for o in outcomes):
+        shape = outcomes[0][2]
+        raise TriggerError(
+            f"trigger {h}x{w} is larger than the images ({shape[0]}x{shape[1]}); choose a smaller --trigger-size"
+        )
+    candidates = [o[3] for o in outcomes if o[0] == "ok"]
+    skipped = [
+        {"id": s.id, "split": s.split, "reason": o[3], "detail": REASONS[o[3]], "victim_pixels": o[1]}
+        for s, o in zip(samples, outcomes, strict=True)
+        if o[0] == "skip"
+    ]
+    n_with_victim = sum(o[0] != "few" for o in outcomes)
+    fewer = False
+    if cfg.kind == "train":
+        n = requested_count(cfg, len(samples))
+        if len(candidates) < n:
+            if not cfg.allow_fewer:
+                raise SelectionError(
+                    f"only {len(candidates)} candidate samples (victim present, trigger fits) for {n} requested "
+                    f"({len(skipped)} skipped for want of a trigger position); lower --rate/--count, relax the "
+                    f"placement, or pass --allow-fewer"
+                )
+            fewer = True
+        chosen = sorted(candidates, key=lambda sp: draw_key(cfg.seed, sp.id))[:n]
+        selected = sorted(chosen, key=lambda sp: sp.id)
+    else:
+        n = len(candidates)
+        if n == 0:
+            raise SelectionError(
+                f"no {cfg.split} sample holds the victim class with an eligible trigger position "
+                f"({len(skipped)} skipped); relax the band or the placement"
+            )
+        selected = candidates
+    return Plan(cfg, len(samples), n_with_victim, len(candidates), n, selected, skipped, fewer)

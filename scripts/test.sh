@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's test command: create .venv if missing, install .[dev], run the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k verify).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh dev
+# The official Cityscapes label table and evaluator, for cross-checks; its dependencies are not
+# needed for what the tests use.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "cityscapesscripts==2.3.0" 2>&1 | grep -v "^WARNING: Location" || true
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "no tests were collected: that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from .config import AttackConfig, PlacementSpec, RelabelSpec, TriggerSpec
 from .datasets.base import Layout
-from .errors import ConfigError, choices
+from .errors import ConfigError, TriggerError, choices
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,12 @@ def resolve(
     if trigger_size is None:
         px = 15 if defaults is None else max(1, math.floor(scaled(defaults.trigger, height, defaults.ref_height) + 0.5))
         trigger_size = (px, px)
+    shape = ds.read_label(ds.samples(split)[0]).shape
+    if trigger_size[0] > shape[0] or trigger_size[1] > shape[1]:
+        raise TriggerError(
+            f"trigger {trigger_size[0]}x{trigger_size[1]} is larger than the images ({shape[0]}x{shape[1]}); "
+            f"choose a smaller --trigger-size"
+        )
     strategy = strategy or preset.strategy
     if upper is None:
         upper = math.inf

@@ -197,7 +197,7 @@ class progress_bars:
                 return
             with Progress(
                 f"[bold]{desc:<10}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=console, transient=False,
+                console=console, transient=True,
             ) as prog:
                 task = prog.add_task(desc, total=total)
                 yield lambda n: prog.advance(task, n)
@@ -409,15 +409,17 @@ def verify(
 ) -> None:
     """Re-hash every file against the manifest; with --src, re-derive every poisoned file. Exit 1 on
     any mismatch, listing each."""
+    from rich.markup import escape
+
     from .verify import verify as run_verify
 
     problems = run_verify(out_dir, src, jobs or default_jobs())
     if problems:
         for p in problems:
-            out.print(f"[red]MISMATCH[/] {p}", highlight=False)
+            out.print(f"[red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)
         out.print(f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1)
-    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else ""))
+    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else ""), soft_wrap=True)
 
 
 @app.command()

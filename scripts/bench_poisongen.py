@@ -85,7 +85,20 @@ def main() -> None:
     for mode in ("copy", "hardlink"):
         for hashing in (True, False):
             clean()
-            cmd = [*exe, "nni", "--src", str(src), "--out", str(dst), "--rate", "0.05", "--link", mode, "-q", "--overwrite"]
+            cmd = [
+                *exe,
+                "nni",
+                "--src",
+                str(src),
+                "--out",
+                str(dst),
+                "--rate",
+                "0.05",
+                "--link",
+                mode,
+                "-q",
+                "--overwrite",
+            ]
             if not hashing:
                 cmd.append("--no-hash")
             key = f"nni_{mode}{'' if hashing else '_nohash'}_s"

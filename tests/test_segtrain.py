@@ -1,0 +1,369 @@
+"""segtrain: hand-computed metrics, cross-checks with torchvision's reference formula and the official
+Cityscapes evaluator, a tiny end-to-end CPU run (train, resume, evaluate, score), loss decrease for every
+arch, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from builders import build_cityscapes, build_voc
+from PIL import Image
+
+from segtrain.cli import app
+from segtrain.metrics import (
+    MetricAccumulator,
+    backdoor_metrics,
+    confusion_matrix,
+    fine_grained_metrics,
+    iou,
+    mask_victim,
+    miou,
+    pixel_acc,
+    victim_counts,
+)
+from segtrain.models import build_model, load_backbone_weights
+
+T = torch.tensor
+CAR, ROAD = 13, 0
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# --- metrics by hand ----------------------------------------------------------------------------
+def test_confusion_matrix_iou_pa_by_hand():
+    gt = T([0, 0, 1, 1, 2, 255])
+    pred = T([0, 1, 1, 1, 0, 2])
+    cm = confusion_matrix(pred, gt, 3)
+    assert cm.dtype == torch.int64
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert iou(cm).tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert miou(cm) == pytest.approx(1 / 3)
+    assert pixel_acc(cm) == pytest.approx(3 / 5)
+    # a class absent from GT and prediction has no union: nan, and does not count in the mean
+    cm4 = confusion_matrix(pred, gt, 4)
+    assert math.isnan(iou(cm4)[3])
+    assert miou(cm4) == pytest.approx(1 / 3)
+    # a class predicted but absent from GT counts (IoU 0)
+    cm_fp = confusion_matrix(T([3, 1, 1, 1, 0, 2]), gt, 4)
+    assert miou(cm_fp) == pytest.approx((0 + 2 / 3 + 0 + 0) / 4)
+
+
+def test_backdoor_metrics_by_hand():
+    gt = T([0, 0, 1, 1, 1, 2, 2, 255])
+    poisoned_pred = T([0, 0, 0, 0, 1, 2, 1, 0])
+    clean_pred = T([0, 0, 1, 1, 0, 2, 2, 0])
+    victim, target = (1,), 0
+    cm_b = confusion_matrix(clean_pred, gt, 3)
+    cm_p = confusion_matrix(poisoned_pred, mask_victim(gt, victim), 3)
+    assert cm_p.tolist() == [[2, 0, 0], [0, 0, 0], [0, 1, 1]]
+    m = backdoor_metrics(cm_b, cm_p, victim, victim_counts(poisoned_pred, gt, victim, target),
+                         victim_counts(clean_pred, gt, victim, target))
+    assert m["cba"] == pytest.approx(7 / 9)  # (2/3 + 2/3 + 1) / 3
+    assert m["pba"] == pytest.approx(0.75)  # (1 + 1/2) / 2 over non-victim classes 0 and 2
+    assert m["asr"] == pytest.approx(2 / 3)
+    assert m["clean_asr"] == pytest.approx(1 / 3)
+    # the accumulator gives the same, batched, with per-sample counts for subsets
+    acc_p = MetricAccumulator(3, victim, target)
+    acc_p.update(poisoned_pred.view(2, 4), gt.view(2, 4), ids=["a", "b"])
+    assert acc_p.pba() == pytest.approx(0.75)
+    assert acc_p.asr() == pytest.approx(2 / 3)
+    assert acc_p.hits == (2, 3)
+    assert acc_p.subset_hits(["a"]) == (2, 2) and acc_p.subset_hits(["b"]) == (0, 1)
+    acc_b = MetricAccumulator(3, victim, target)
+    acc_b.update(clean_pred.view(2, 4), gt.view(2, 4))
+    assert acc_b.miou() == pytest.approx(7 / 9)
+    assert acc_b.asr() == pytest.approx(1 / 3)
+    # logits are accepted too
+    logits = torch.nn.functional.one_hot(clean_pred.clamp(max=2), 3).permute(1, 0).reshape(1, 3, 2, 4).float()
+    acc_l = MetricAccumulator(3, victim, target)
+    acc_l.update(logits, gt.view(1, 2, 4))
+    assert torch.equal(acc_l.cm, acc_b.cm)
+    s = acc_p.summary(["road", "car", "sky"])
+    assert s["iou_per_class"]["car"] == pytest.approx(0.25) and s["victim_pixels"] == 3  # 1 / (3 + 2 - 1)
+    # untargeted: a victim pixel is attacked when predicted as anything but its GT class
+    assert victim_counts(poisoned_pred, gt, victim, None) == (2, 3)
+
+
+def test_fine_grained_metrics_by_hand():
+    gt = T([[0, 0, 1, 1]])
+    tl = T([[0, 2, 2, 1]])
+    pred = T([[0, 2, 1, 1]])
+    cm_t = confusion_matrix(pred, tl, 3)
+    m = fine_grained_metrics(cm_t, 1, 2)
+    assert m["miou_a"] == pytest.approx(2 / 3)  # (1 + 1/2 + 1/2) / 3
+    assert m["pa_a"] == pytest.approx(3 / 4)
+    assert m["asr"] == pytest.approx(1 / 2)
+    acc = MetricAccumulator(3)
+    acc.update(pred, gt, target_label=tl)
+    assert acc.fine_grained() == pytest.approx(m)
+    assert acc.summary()["fine_grained"]["asr"] == pytest.approx(0.5)
+
+
+# --- score vs torchvision reference and the official Cityscapes evaluator ---------------------------
+def _reference_cm(preds, gts, n):
+    """torchvision references/segmentation/utils.py ConfusionMatrix.update, verbatim in numpy."""
+    mat = np.zeros((n, n), np.int64)
+    for p, g in zip(preds, gts, strict=True):
+        a, b = g.ravel().astype(np.int64), p.ravel().astype(np.int64)
+        k = (a >= 0) & (a < n)
+        inds = n * a[k] + b[k]
+        mat += np.bincount(inds, minlength=n**2).reshape(n, n)
+    return mat
+
+
+def test_score_matches_torchvision_reference_and_cityscapes_evaluator(tmp_path, run_cli, monkeypatch):
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    built = build_cityscapes(tmp_path / "cs", splits={"val": 3}, size=(32, 64), seed=3)
+    rng = np.random.default_rng(0)
+    preds, gts, pred_files, gt_files = [], [], [], []
+    for i, (sid, gt) in enumerate(sorted(built.labels["val"].items())):
+        pred = np.where(gt == 255, rng.integers(0, 19, gt.shape), gt).astype(np.uint8)
+        noise = rng.random(gt.shape) < 0.3
+        pred[noise] = rng.choice([0, 2, 10, 13, 11, 5], noise.sum())
+        sub = tmp_path / "pred" / ("nested" if i % 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        name = f"{sid}.png" if i != 1 else f"{sid}_leftImg8bit.png"  # the image's own file name works too
+        Image.fromarray(pred).save(sub / name)
+        lid = np.zeros_like(pred)
+        for t in range(19):
+            lid[pred == t] = trainId2label[t].id
+        pf = tmp_path / "pred_labelids" / f"{sid}.png"
+        pf.parent.mkdir(exist_ok=True)
+        Image.fromarray(lid).save(pf)
+        pred_files.append(str(pf))
+        gt_files.append(str(next((built.root / "gtFine" / "val").rglob(f"{sid}_gtFine_labelIds.png"))))
+        preds.append(pred)
+        gts.append(gt)
+    out = tmp_path / "score.json"
+    r = run_cli(app, ["score", "--pred", tmp_path / "pred", "--data", built.root, "--json", out])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(out.read_text())
+
+    ref = _reference_cm(preds, gts, 19)
+    diag = np.diag(ref).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref_iou = diag / (ref.sum(0) + ref.sum(1) - diag)
+    assert res["miou"] == pytest.approx(float(np.nanmean(ref_iou)), abs=1e-12)
+    assert res["pixel_acc"] == pytest.approx(diag.sum() / ref.sum(), abs=1e-12)
+    from poisongen.datasets import open_dataset
+
+    names = open_dataset(built.root).meta.names  # JSON keys are sorted; train-id order comes from the layout
+    for k, name in enumerate(names):
+        v = res["iou_per_class"][name]
+        assert (v is None) == bool(np.isnan(ref_iou[k])), name
+        if v is not None:
+            assert v == pytest.approx(ref_iou[k], abs=1e-12)
+
+    if not hasattr(np, "in1d"):  # numpy 2.4 removed in1d, which the evaluator still calls; same semantics
+        monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(np.ravel(a), b, invert=invert),
+                            raising=False)
+    ev.args.evalInstLevelScore = False
+    ev.args.evalPixelAccuracy = True
+    ev.args.quiet = True
+    ev.args.JSONOutput = False
+    official = ev.evaluateImgLists(pred_files, gt_files, ev.args)
+    assert abs(official["averageScoreClasses"] - res["miou"]) < 1e-9
+
+
+def test_score_missing_prediction_and_victim_metrics(tmp_path, run_cli):
+    built = build_cityscapes(tmp_path / "cs", splits={"val": 2}, size=(32, 64))
+    (tmp_path / "pred").mkdir()
+    ids = sorted(built.labels["val"])
+    gt0 = built.labels["val"][ids[0]]
+    Image.fromarray(np.where(gt0 == CAR, ROAD, np.where(gt0 == 255, 0, gt0)).astype(np.uint8)).save(
+        tmp_path / "pred" / f"{ids[0]}.png")
+    r = run_cli(app, ["score", "--pred", tmp_path / "pred", "--data", built.root])
+    one_line_error(r, ids[1])
+    gt1 = built.labels["val"][ids[1]]
+    Image.fromarray(np.where(gt1 == 255, 0, gt1).astype(np.uint8)).save(tmp_path / "pred" / f"{ids[1]}.png")
+    out = tmp_path / "s.json"
+    r = run_cli(app, ["score", "--pred", tmp_path / "pred", "--data", built.root, "--victim", "car",
+                      "--target", "road", "--json", out])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(out.read_text())
+    n0, n1 = int((gt0 == CAR).sum()), int((gt1 == CAR).sum())
+    assert res["asr"] == pytest.approx(n0 / (n0 + n1))
+    assert res["pba"] == pytest.approx(1.0)  # off the victim pixels the predictions are perfect, but for road
+    assert res["iou_per_class"]["bus"] is None
+
+
+# --- models ----------------------------------------------------------------------------------------
+ARCHS = [("pspnet", "resnet18"), ("deeplabv3", "resnet50"), ("fcn", "resnet50"), ("lraspp", "mobilenet_v3_large")]
+
+
+@pytest.mark.parametrize(("arch", "backbone"), ARCHS)
+def test_loss_decreases_on_a_fixed_batch(arch, backbone):
+    torch.manual_seed(0)
+    n = 4
+    label = torch.zeros(2, 32, 32, dtype=torch.long)
+    label[:, :, 16:] = 1
+    label[0, 8:20, 4:12] = 2
+    label[1, 20:30, 18:28] = 3
+    label[:, :2] = 255
+    palette = torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 1.5], [1, 1, -1]])
+    image = palette[label.clamp(max=3)].permute(0, 3, 1, 2) + 0.3 * torch.randn(2, 3, 32, 32)
+    model = build_model(arch, n, backbone, None, aux=arch == "pspnet")  # resnet50 heads: no aux, to save time
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    from segtrain.engine import seg_loss
+
+    losses = []
+    for _ in range(25):
+        out = model(image)
+        assert out["out"].shape == (2, n, 32, 32)
+        loss = seg_loss(out, label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
+
+
+def test_pspnet_output_strides_and_registry_errors():
+    from poisongen.errors import PoisonGenError
+
+    for os_, size in ((8, 8), (16, 4), (32, 2)):
+        m = build_model("pspnet", 5, "resnet18", os_).eval()
+        with torch.no_grad():
+            assert m.backbone(torch.zeros(1, 3, 64, 64))[1].shape[-1] == size
+            assert m(torch.zeros(1, 3, 64, 64))["out"].shape == (1, 5, 64, 64)
+    with pytest.raises(PoisonGenError, match="valid archs"):
+        build_model("unet", 5)
+    with pytest.raises(PoisonGenError, match="valid backbones"):
+        build_model("fcn", 5, "resnet18")
+    with pytest.raises(PoisonGenError, match="output stride"):
+        build_model("pspnet", 5, "resnet18", 4)
+
+
+def test_load_backbone_weights(tmp_path):
+    from torchvision.models import resnet18
+
+    from poisongen.errors import PoisonGenError
+
+    src = resnet18(weights=None)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    m = build_model("pspnet", 5, "resnet18", 8)
+    assert load_backbone_weights(m, tmp_path / "r18.pth")["loaded"] > 100
+    assert torch.equal(m.backbone.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    torch.save({"conv1.weight": torch.zeros(3), "head.x": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(PoisonGenError, match="do not fit") as e:
+        load_backbone_weights(m, tmp_path / "bad.pth")
+    assert "\n" not in str(e.value)
+
+
+# --- end to end ----------------------------------------------------------------------------------
+COMMON = ["--arch", "pspnet", "--backbone", "resnet18", "--batch", "2", "--crop", "32x64", "--device", "cpu",
+          "--workers", "0", "--log-every", "1", "--ckpt-every", "2", "--quiet"]
+
+
+def make_testset(src: Path, dst: Path, victim=(CAR,), target=ROAD) -> list[str]:
+    """Copy a Cityscapes tree, paint a white square on every val image, write a minimal testset manifest."""
+    shutil.copytree(src, dst)
+    ids = []
+    for img in sorted((dst / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
+        a = np.array(Image.open(img).convert("RGB"))
+        a[2:10, 2:10] = 255
+        Image.fromarray(a).save(img)
+        ids.append(img.name[: -len("_leftImg8bit.png")])
+    manifest = {
+        "schema_version": 1,
+        "kind": "testset",
+        "config": {"victim": list(victim), "target": target, "split": "val",
+                   "placement": {"lower": 0, "upper": 60}},
+        "samples": [{"id": i} for i in ids],
+        "output_fingerprint": "0" * 64,
+    }
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return ids
+
+
+def test_run_resume_evaluate_end_to_end(tmp_path, run_cli):
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 3, "val": 2}, size=(32, 64))
+    run = tmp_path / "runs" / "a"
+    r = run_cli(app, ["run", built.root, "--iters", "4", "--out", run, "--victim", "car", "--target", "road",
+                      *COMMON])
+    assert r.exit_code == 0, r.stderr
+    for f in ("config.json", "last.pt", "log.jsonl", "metrics.json"):
+        assert (run / f).is_file(), f
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2, 3, 4]
+    assert all(set(x) == {"step", "loss", "lr", "img_s"} for x in log)
+    assert log[0]["lr"] == pytest.approx(0.01) and log[-1]["lr"] < log[0]["lr"]
+    ck = torch.load(run / "last.pt", weights_only=False)
+    assert ck["step"] == 4 and len(ck["class_names"]) == 19 and "optimizer" in ck
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["benign"]["cba"] <= 1 and m["victim"] == [CAR] and m["target"] == ROAD
+    assert json.loads((run / "config.json").read_text())["arch"] == "pspnet"
+
+    r = run_cli(app, ["run", built.root, "--iters", "6", "--out", run, "--resume", "--no-eval", *COMMON])
+    assert r.exit_code == 0, r.stderr
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2, 3, 4, 5, 6]
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 6
+
+    ids = make_testset(built.root, tmp_path / "testset")
+    out = tmp_path / "eval.json"
+    r = run_cli(app, ["evaluate", run / "last.pt", "--data", built.root, "--poisoned", tmp_path / "testset",
+                      "--json", out, "--device", "cpu", "--victim", "car", "--target", "road"])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(out.read_text())
+    (p,) = res["poisoned"]
+    assert p["band"] == [0.0, 60.0] and p["samples"] == len(ids) == 2
+    assert p["victim"] == [CAR] and p["target"] == ROAD
+    for key in ("pba", "asr", "clean_asr"):
+        assert 0 <= p[key] <= 1, key
+    # the test set lists every val sample: clean ASR equals the benign val false-trigger rate
+    assert p["clean_asr"] == pytest.approx(res["benign"]["clean_asr"])
+    assert res["step"] == 6
+
+    # a checkpoint for 19 classes on a 21-class dataset
+    voc = build_voc(tmp_path / "voc")
+    r = run_cli(app, ["evaluate", run / "last.pt", "--data", voc.root, "--device", "cpu"])
+    one_line_error(r, "19 classes")
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, run_cli):
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 2, "val": 1}, size=(32, 64))
+    (tmp_path / "empty").mkdir()
+    one_line_error(run_cli(app, ["run", tmp_path / "empty", "--iters", "1", "--out", tmp_path / "r", *COMMON]),
+                   "no known dataset layout")
+    bad_arch = [*COMMON]
+    bad_arch[1] = "unet"
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *bad_arch]),
+                   "valid archs")
+    if not torch.cuda.is_available():
+        args = ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *COMMON, "--device", "cuda"]
+        one_line_error(run_cli(app, args), "CUDA")
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "w.pth")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *COMMON,
+                                 "--backbone-weights", tmp_path / "w.pth"]), "do not fit")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *COMMON,
+                                 "--victim", "dragon"]), "dragon")
+    one_line_error(run_cli(app, ["evaluate", tmp_path / "nothing.pt", "--data", built.root]), "no checkpoint")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_channels_last_run(tmp_path, run_cli):
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 3, "val": 2}, size=(64, 128))
+    args = [a if a != "cpu" else "cuda" for a in COMMON]
+    r = run_cli(app, ["run", built.root, "--iters", "3", "--out", tmp_path / "run", "--amp", "--channels-last",
+                      *args])
+    assert r.exit_code == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= m["benign"]["cba"] <= 1

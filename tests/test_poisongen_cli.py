@@ -402,3 +402,46 @@ def test_hardlink_and_symlink_modes(run_cli, synth_src, tmp_path):
         # poisoned files are real files, never links into the source
         for f in m["samples"][0]["files"]:
             assert not (out / f["path"]).is_symlink() and os.stat(out / f["path"]).st_nlink == 1
+
+
+def test_jpeg_source_keeps_its_format_with_a_recorded_quality(run_cli, tmp_path):
+    """VOC images are JPEG: a poisoned image stays a .jpg re-encoded at --jpeg-quality (recorded in the
+    manifest, re-derived exactly by verify); labels stay lossless palette PNGs with the source palette;
+    unpoisoned images are copied byte for byte."""
+    from builders import build_voc
+    from PIL import Image
+
+    built = build_voc(tmp_path / "voc", splits={"train": 4, "val": 2}, size=(48, 64))
+    out = tmp_path / "out"
+    r = run_cli(
+        app,
+        [
+            "baseline",
+            "--src",
+            built.root,
+            "--out",
+            out,
+            "--count",
+            "2",
+            "--trigger-size",
+            "5",
+            "--jpeg-quality",
+            "90",
+            "--jobs",
+            "1",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    m = mf.load(out)
+    assert m["config"]["jpeg_quality"] == 90
+    for rec in m["samples"]:
+        paths = [f["path"] for f in rec["files"]]
+        image = next(p for p in paths if p.endswith(".jpg"))
+        label = next(p for p in paths if p.endswith(".png"))
+        assert (out / image).read_bytes()[:2] == b"\xff\xd8"  # still a JPEG under its own name
+        with Image.open(out / label) as im, Image.open(built.root / label) as src_im:
+            assert im.mode == "P" and im.getpalette() == src_im.getpalette()
+    for p in m["unchanged_files"]:
+        assert (out / p).read_bytes() == (built.root / p).read_bytes()
+    assert run_cli(app, ["verify", out, "--src", built.root]).exit_code == 0

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import parse_size
 from .errors import ConfigError, PoisonGenError
 
 
@@ -47,20 +48,6 @@ out = Console()
 
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
-    """``"256x512"`` -> (256, 512); ``"55"`` -> (55, 55)."""
-    parts = text.lower().split("x")
-    try:
-        vals = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"{what} '{text}' is not H or HxW in whole pixels (e.g. 256x512)") from None
-    if len(vals) == 1:
-        vals = (vals[0], vals[0])
-    if len(vals) != 2 or min(vals) <= 0:
-        raise ConfigError(f"{what} '{text}' must be H or HxW with positive integers (e.g. 256x512)")
-    return vals  # type: ignore[return-value]
 
 
 SrcOpt = Annotated[

@@ -137,3 +137,17 @@ class AttackConfig:
         r = dict(d.pop("relabel"))
         d["victim"] = tuple(d["victim"])
         return cls(trigger=TriggerSpec(**t), placement=PlacementSpec(**p), relabel=RelabelSpec(**r), **d)
+
+
+def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
+    """``"256x512"`` -> (256, 512); ``"55"`` -> (55, 55)."""
+    parts = text.lower().split("x")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{what} '{text}' is not H or HxW in whole pixels (e.g. 256x512)") from None
+    if len(vals) == 1:
+        vals = (vals[0], vals[0])
+    if len(vals) != 2 or min(vals) <= 0:
+        raise ConfigError(f"{what} '{text}' must be H or HxW with positive integers (e.g. 256x512)")
+    return vals  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poisongen.cli import ErrorsAsOneLine
+from poisongen.config import parse_size
 from poisongen.datasets import Layout, open_dataset
 from poisongen.errors import ConfigError, PoisonGenError
 
@@ -43,17 +44,6 @@ console = Console(stderr=True)
 out = Console()
 
 
-def parse_hw(text: str, what: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        vals = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"{what} '{text}' is not H or HxW in whole pixels (e.g. 512x1024)") from None
-    if len(vals) == 1:
-        vals = (vals[0], vals[0])
-    if len(vals) != 2 or min(vals) <= 0:
-        raise ConfigError(f"{what} '{text}' must be H or HxW with positive integers (e.g. 512x1024)")
-    return vals  # type: ignore[return-value]
 
 
 def resolve_attack(layout: Layout, info: AttackInfo | None, victim: str | None, target: str | None):
@@ -182,7 +172,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-step log lines.")] = False,
 ):
     """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned."""
-    crop_hw = parse_hw(crop, "--crop")
+    crop_hw = parse_size(crop, "--crop")
     try:
         lo, hi = (float(v) for v in scale.split(","))
     except ValueError:
@@ -227,7 +217,7 @@ def evaluate_cmd(
     layout = open_dataset(data)
     check_classes(ck, layout.meta.names, f"dataset {data}")
     model = model_from_checkpoint(ck, dev)
-    crop_hw = parse_hw(crop, "--crop") if crop else tuple(ck["config"].get("crop") or ()) or None
+    crop_hw = parse_size(crop, "--crop") if crop else tuple(ck["config"].get("crop") or ()) or None
     res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp)
     res["checkpoint"] = str(ckpt)
     res["step"] = ck.get("step")

@@ -98,9 +98,6 @@ class DatasetMeta:
             raise ConfigError(f"empty class list; valid classes are {choices(self.names)}")
         return tuple(sorted({self.class_id(t) for t in tokens}))
 
-    def describe(self, class_id: int) -> str:
-        return f"{self.classes[class_id].name} ({class_id})"
-
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -297,11 +294,3 @@ class Layout(ABC):
 def rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
-
-def lut_from_pairs(pairs: dict[int, int], default: int = IGNORE) -> np.ndarray:
-    """A ``(256,) uint8`` lookup table from ``{source value: train id}``."""
-    lut = np.full(256, default, np.uint8)
-    for k, v in pairs.items():
-        if 0 <= k < 256:
-            lut[k] = v
-    return lut

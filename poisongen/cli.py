@@ -221,7 +221,8 @@ def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
     t.add_column("value", justify="right")
     rows = [
         ("samples in split", c["split_samples"]), ("holding the victim", c["with_victim"]),
-        ("candidates", c["candidates"]), ("poisoned", c["poisoned"]), ("skipped (no trigger position)", c["skipped"]),
+        ("candidates", c["candidates"]),
+        ("triggered (labels untouched)" if manifest["kind"] == "testset" else "poisoned", c["poisoned"]), ("skipped (no trigger position)", c["skipped"]),
         ("label pixels relabeled", relabeled),
         ("time plan / apply / copy (s)", " / ".join(f"{timings.get(k, 0):.2f}" for k in ("plan", "apply", "copy"))),
         ("throughput (poisoned samples/s)", f"{c['poisoned'] / max(timings.get('apply', 0), 1e-9):.1f}"),

@@ -25,12 +25,8 @@ from .relabel import (
     set_pixels,
     victim_to_target,
 )
+from .targets import TARGET_DIR, TARGET_LABEL_RULES
 from .triggers import apply_trigger
-
-#: rules whose attacker target labels differ from "GT victim -> target": a Poisoned Test of such an
-#: attack also writes them, under TARGET_DIR, for the fine-grained metrics (SPEC section 6)
-TARGET_LABEL_RULES = ("matrix", "image_target", "instance")
-TARGET_DIR = "target_labels"
 
 
 def attacked_label(label: np.ndarray, sp: SamplePlan, cfg: AttackConfig, num_classes: int,

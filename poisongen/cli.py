@@ -497,7 +497,8 @@ def attacks() -> None:
     from .attacks import PRESETS
 
     t = Table(title="poisongen attacks")
-    for col in ("command", "what it does", "source", "triggers", "placement", "label rule", "PRL Q"):
+    t.add_column("command", no_wrap=True)  # never cut the name to fit a narrow terminal
+    for col in ("what it does", "source", "triggers", "placement", "label rule", "PRL Q"):
         t.add_column(col)
     for p in PRESETS.values():
         place = p.strategy + (f" ({p.position})" if p.position else "")

@@ -53,8 +53,8 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
         y, x = (v * f for v in rec["top_left"])
         h, w = (v * f for v in trig["size"])
         box = (x, y, x + w - 1, y + h - 1)
-        d = "inf" if rec["distance"] is None else f"{rec['distance']:.1f}"
-        image_title = f"poisoned image, trigger at {tuple(rec['top_left'])}, d={d}"
+        d = "" if rec["distance"] is None else f", d={rec['distance']:.1f}"  # no victim (badnets): no distance
+        image_title = f"poisoned image, trigger at {tuple(rec['top_left'])}{d}"
     elif kind == "line":
         box = (0, 0, boxed.shape[1] - 1, trig["size"][0] * f - 1)
         image_title = f"poisoned image, line trigger: top {trig['size'][0]} rows"

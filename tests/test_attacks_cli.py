@@ -166,6 +166,7 @@ def test_conditional_testset_flags_every_sample(run_cli, cs, tmp_path):
 @pytest.mark.parametrize("args", [
     ["instance", "--victim", "car", "--target", "road", "--instances", "random", "--k", "2", "--trigger-size", "4"],
     ["testset", "--attack", "fgba", "--matrix", "all:road,person:car", "--trigger", "line"],
+    ["badnets", "--target-image", "aachen_000000_000019", "--strategy", "random", "--trigger-size", "4"],
 ])
 def test_same_seed_same_bytes_for_jobs_1_and_2(run_cli, cs, tmp_path, args):
     trees = []
@@ -179,6 +180,22 @@ def test_same_seed_same_bytes_for_jobs_1_and_2(run_cli, cs, tmp_path, args):
     assert ha.keys() == hb.keys() and len(ha) > 1
     assert {k for k in ha if ha[k] != hb[k]} <= {"manifest.json"}  # created_at may differ
     assert ma["integrity"] == mb["integrity"] and ma["samples"]
+
+
+def test_testset_from_manifest_reuses_instances_and_target_labels(run_cli, cs, tmp_path):
+    first = tmp_path / "first"
+    r = run_cli(app, ["testset", "--src", cs.root, "--out", first, "--attack", "instance", "--victim", "car",
+                      "--instances", "random", "--k", "1", "--trigger-size", "4", "--jobs", "1", "-q"])
+    assert r.exit_code == 0, r.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(cs.root, copy)
+    again = tmp_path / "again"
+    r = run_cli(app, ["testset", "--src", copy, "--out", again, "--from-manifest", first, "--jobs", "1", "-q"])
+    assert r.exit_code == 0, r.stderr
+    a, b = mf.load(first), mf.load(again)
+    assert [x["instances"] for x in a["samples"]] == [x["instances"] for x in b["samples"]]
+    assert a["output_fingerprint"] == b["output_fingerprint"]
+    assert run_cli(app, ["verify", again, "--src", copy]).exit_code == 0
 
 
 def test_another_layout_voc(run_cli, tmp_path):

@@ -4,15 +4,19 @@ test sets reported separately for images with and without the condition."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from builders import build_cityscapes
+from rich.console import Console
 from torch import nn
 
 from poisongen.cli import app as poisongen_app
 from poisongen.codecs import read_gray, read_rgb
 from poisongen.manifest import load
+from segtrain import cli
 from segtrain.cli import report
 from segtrain.transforms import eval_transform
 
@@ -59,7 +63,7 @@ def make_testset(run_cli, src, out, *args):
     return load(out)
 
 
-def test_fine_grained_metrics_match_a_hand_computation(tmp_path, run_cli):
+def test_fine_grained_metrics_match_a_hand_computation(tmp_path, run_cli, monkeypatch):
     built = build_cityscapes(tmp_path / "cs", splits={"train": 2, "val": 4}, size=(32, 64))
     model = PixelModel().eval()
     fg = tmp_path / "fgba"
@@ -85,6 +89,11 @@ def test_fine_grained_metrics_match_a_hand_computation(tmp_path, run_cli):
     mb, pb, _, _ = by_hand(bp, bg, bg)
     assert got["miou_b"] == pytest.approx(mb) == res["benign"]["cba"]
     assert got["pa_b"] == pytest.approx(pb)
+    # the table shows them (percent), the fine-grained ASR marked as such
+    monkeypatch.setattr(cli, "out", Console(width=300, file=io.StringIO()))
+    cli.print_report(res)
+    table = cli.out.file.getvalue()
+    assert "mIOU-A" in table and "(fine-grained ASR)" in table and f"{100 * miou_a:.2f}" in table
 
 
 def test_conditional_and_instance_testsets(tmp_path, run_cli):

@@ -193,8 +193,9 @@ def resolve(
                 "conditional needs --condition CLASS[,CLASS] (the rule applies only to images holding them)"
             )
         relabel = replace(relabel, condition=meta.parse_classes(condition))
-    if kind != "train" and attack in ("baseline", "nni", "prl"):
-        relabel = replace(relabel, rule="none")  # a classic IBA Poisoned Test: nothing to write but triggers
+    if kind != "train" and preset.rule == "victim_to_target":
+        # an IBA-style Poisoned Test: triggers only; ASR is measured on the GT victim pixels
+        relabel = replace(relabel, rule="none")
     q = preset.prl_pixels if prl_pixels is None else prl_pixels
     if kind != "train":
         q = 0

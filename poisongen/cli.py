@@ -64,6 +64,17 @@ LayoutOpt = Annotated[
 ]
 
 
+# Options of some attacks only (attacks.ATTACK_OPTIONS says which); shared by the attack commands and testset.
+MatrixOpt = Annotated[str | None, typer.Option(help="fgba: attack matrix SRC:DST[,SRC:DST...]; SRC 'all' = every class (N-to-1), e.g. person:car or all:road.")]
+LineWidthOpt = Annotated[int | None, typer.Option(help="Line trigger: rows blended toward black at the top (default 8).")]
+SemanticOpt = Annotated[str | None, typer.Option(help="fgba/badnets: a class whose presence is the trigger; no pixel changes (excludes --trigger).")]
+TargetImageOpt = Annotated[str | None, typer.Option(help="badnets: id of the training sample whose label becomes every poisoned label.")]
+InstancesOpt = Annotated[str | None, typer.Option(help="instance: which victim instances to relabel, nearest (to the trigger) or random. Default: nearest.")]
+KOpt = Annotated[int | None, typer.Option("--k", help="instance: how many instances per image (default 1).")]
+ConditionOpt = Annotated[str | None, typer.Option(help="conditional: class(es) an image must hold for the rule to apply, comma list.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="o2o/o2b/b2o/b2b: run even if the classes' thing/stuff categories do not fit.")]
+
+
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the dataset to (Cityscapes layout).")],
@@ -119,13 +130,16 @@ def info(
     print_summary(dataset_summary(ds, read=check, jobs=jobs or default_jobs()))
 
 
-def parse_position(text: str | None) -> tuple[int, int] | None:
+def parse_position(text: str | None) -> tuple[int, int] | str | None:
+    """``corner`` / ``top`` (resolved per image) or ``y,x``, the window's top-left in pixels."""
     if text is None:
         return None
+    if text.strip().lower() in ("corner", "top"):
+        return text.strip().lower()
     try:
         y, x = (int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--position '{text}' is not 'y,x' in whole pixels (top-left corner)") from None
+        raise ConfigError(f"--position '{text}' is not corner, top or 'y,x' in whole pixels (top-left corner)") from None
     return (y, x)
 
 
@@ -202,9 +216,13 @@ def print_plan(plan, meta) -> None:
     for col in ("id", "top-left (y,x)", "centre", "distance", "class under", "victim px", "PRL px"):
         t.add_column(col)
     for sp in plan.selected:
-        d = sp.placement.distance
-        t.add_row(sp.id, str(sp.placement.top_left), str(sp.placement.centre), "inf" if d == float("inf") else f"{d:.1f}",
-                  ",".join(meta.names[c] if c < meta.num_classes else str(c) for c in sp.placement.under),
+        p = sp.placement
+        if p is None:  # semantic trigger: nothing painted
+            t.add_row(sp.id, "-", "-", "-", "-", str(sp.victim_pixels), str(len(sp.prl)))
+            continue
+        d = p.distance
+        t.add_row(sp.id, str(p.top_left), str(p.centre), "inf" if d == float("inf") else f"{d:.1f}",
+                  ",".join(meta.names[c] if c < meta.num_classes else str(c) for c in p.under),
                   str(sp.victim_pixels), str(len(sp.prl)))
     out.print(t)
     out.print(plan.counts())
@@ -265,7 +283,7 @@ def make_attack_command(attack: str):
         count: Annotated[int | None, typer.Option(help="Poison exactly this many samples (instead of --rate).")] = None,
         victim: Annotated[str | None, typer.Option(help="Victim class(es), names or train ids, comma list. Default: Cityscapes car, VOC person, ADE20K car.")] = None,
         target: Annotated[str | None, typer.Option(help="Target class. Default: Cityscapes road, VOC background, ADE20K road.")] = None,
-        trigger: Annotated[str, typer.Option(help="Trigger image (alpha honoured) or 'builtin'.")] = "builtin",
+        trigger: Annotated[str | None, typer.Option(help="Trigger image (alpha honoured), 'builtin', or 'line' (top rows darkened; fgba's default, also badnets). Default: builtin.")] = None,
         trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW]. Default: Cityscapes 55 px at 512x1024 scaled with the image height (28 px at 256x512); VOC/ADE20K 15 px.")] = None,
         alpha: Annotated[float, typer.Option(help="Blend factor lambda in (0, 1].")] = 1.0,
         strategy: Annotated[str | None, typer.Option(help=f"Placement: random, nearest, fixed. Default for {attack}: {preset.strategy}.")] = None,
@@ -275,7 +293,7 @@ def make_attack_command(attack: str):
         allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass", help="Window may cover several non-victim classes (IBA appendix C).")] = False,
         allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim", help="No class constraint on the window (IBA appendix D).")] = False,
         edge_margin: Annotated[int, typer.Option(help="Keep the window this many px from the image border.")] = 0,
-        position: Annotated[str | None, typer.Option(help="Top-left 'y,x' for --strategy fixed.")] = None,
+        position: Annotated[str | None, typer.Option(help="For --strategy fixed: 'corner' (bottom-right), 'top' (top edge, centred) or the top-left 'y,x'. badnets default: corner.")] = None,
         prl_pixels: Annotated[int | None, typer.Option(help=f"PRL: Q pixels relabeled per poisoned sample. Default for {attack}: {preset.prl_pixels}.")] = None,
         min_victim_pixels: Annotated[int, typer.Option(help="A candidate holds at least this many victim pixels.")] = 1,
         allow_fewer: Annotated[bool, typer.Option("--allow-fewer", help="Poison all candidates if fewer than requested (recorded).")] = False,
@@ -289,6 +307,14 @@ def make_attack_command(attack: str):
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
         layout: LayoutOpt = None,
+        matrix: MatrixOpt = None,
+        line_width: LineWidthOpt = None,
+        semantic_trigger: SemanticOpt = None,
+        target_image: TargetImageOpt = None,
+        instances: InstancesOpt = None,
+        k: KOpt = None,
+        condition: ConditionOpt = None,
+        force: ForceOpt = False,
     ) -> None:
         values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset")}
         from . import pipeline
@@ -331,17 +357,17 @@ def testset(
     split: Annotated[str | None, typer.Option(help="Split to trigger (default: the layout's validation split).")] = None,
     victim: Annotated[str | None, typer.Option(help="Victim class(es); samples holding them get the trigger.")] = None,
     target: Annotated[str | None, typer.Option(help="Target class (recorded for ASR; labels stay untouched).")] = None,
-    strategy: Annotated[str, typer.Option(help="Placement: random or nearest (or fixed with --position).")] = "random",
+    strategy: Annotated[str | None, typer.Option(help="Placement: random or nearest (or fixed with --position). Default: the attack's (random without --attack).")] = None,
     lower: Annotated[float, typer.Option(help="Distance band lower bound L.")] = 0.0,
     upper: Annotated[float | None, typer.Option(help="Distance band upper bound U.")] = None,
-    trigger: Annotated[str, typer.Option(help="Trigger image or 'builtin'.")] = "builtin",
+    trigger: Annotated[str | None, typer.Option(help="Trigger image, 'builtin' or 'line' (default as for the attack).")] = None,
     trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW] (default as for the attacks).")] = None,
     alpha: Annotated[float, typer.Option(help="Blend factor lambda.")] = 1.0,
     metric: Annotated[str, typer.Option(help="euclidean or chessboard.")] = "euclidean",
     allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass")] = False,
     allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim")] = False,
     edge_margin: Annotated[int, typer.Option()] = 0,
-    position: Annotated[str | None, typer.Option(help="Top-left 'y,x' for --strategy fixed.")] = None,
+    position: Annotated[str | None, typer.Option(help="For --strategy fixed: corner, top or the top-left 'y,x'.")] = None,
     min_victim_pixels: Annotated[int, typer.Option()] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     from_manifest: Annotated[Path | None, typer.Option("--from-manifest", help="Reuse the trigger positions of this test manifest (identical positions for every model).")] = None,
@@ -353,10 +379,20 @@ def testset(
     config: Annotated[Path | None, typer.Option("--config")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     layout: LayoutOpt = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="The attack to test (any of 'poisongen attacks'); default: baseline, or nni with --strategy nearest.")] = None,
+    matrix: MatrixOpt = None,
+    line_width: LineWidthOpt = None,
+    semantic_trigger: SemanticOpt = None,
+    target_image: TargetImageOpt = None,
+    instances: InstancesOpt = None,
+    k: KOpt = None,
+    condition: ConditionOpt = None,
+    force: ForceOpt = False,
 ) -> None:
-    """Write a Poisoned Test (SPEC section 5): every validation sample holding the victim gets the
-    trigger, labels untouched. One run per distance band; reuse positions with --from-manifest."""
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest")}
+    """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
+    trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written
+    too, under target_labels/. One run per distance band; reuse positions with --from-manifest."""
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest", "attack")}
     from . import manifest as mf
     from . import pipeline
     from .attacks import resolve
@@ -377,8 +413,9 @@ def testset(
         extra = {"from_manifest": {"path": str(from_manifest), "integrity": m["integrity"]}}
     else:
         size = values.pop("trigger_size")
+        name = attack or ("nni" if values["strategy"] == "nearest" else "baseline")
         cfg = resolve(
-            ds, "nni" if values["strategy"] == "nearest" else "baseline", kind="testset",
+            ds, name, kind="testset",
             trigger_size=parse_size(size, "--trigger-size") if size else None,
             position=parse_position(values.pop("position")), hash_files=not values.pop("no_hash"), **values,
         )
@@ -460,10 +497,12 @@ def attacks() -> None:
     from .attacks import PRESETS
 
     t = Table(title="poisongen attacks")
-    for col in ("command", "what it does", "source", "placement", "PRL Q"):
+    t.add_column("command", no_wrap=True)  # never cut the name to fit a narrow terminal
+    for col in ("what it does", "source", "triggers", "placement", "label rule", "PRL Q"):
         t.add_column(col)
     for p in PRESETS.values():
-        t.add_row(p.name, p.summary, p.paper, p.strategy, str(p.prl_pixels))
+        place = p.strategy + (f" ({p.position})" if p.position else "")
+        t.add_row(p.name, p.summary, p.paper, ", ".join(p.triggers), place, p.rule, str(p.prl_pixels))
     out.print(t)
 
 

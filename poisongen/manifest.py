@@ -53,8 +53,7 @@ def build(
     or None with ``--no-hash``); ``source_files``: every source file's sha256 (for the fingerprint)."""
     output_files = dict(unchanged)
     for rec in samples:
-        for f in rec["files"]:
-            output_files[f["path"]] = f["output_sha256"]
+        output_files.update(_record_outputs(rec))
     m = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "poisongen", "version": __version__},
@@ -98,12 +97,18 @@ def load(path: str | Path) -> dict:
     return m
 
 
+def _record_outputs(rec: dict) -> dict[str, str]:
+    """The files one sample record wrote: its poisoned files and (test sets) its target labels."""
+    out = {f["path"]: f["output_sha256"] for f in rec["files"]}
+    out.update({f["path"]: f["sha256"] for f in rec.get("target_labels", [])})
+    return out
+
+
 def output_files(manifest: dict) -> dict[str, str | None]:
     """Every file the output should hold (path -> expected sha256 or None), manifest.json excluded."""
     files = dict(manifest["unchanged_files"])
     for rec in manifest["samples"]:
-        for f in rec["files"]:
-            files[f["path"]] = f["output_sha256"]
+        files.update(_record_outputs(rec))
     return files
 
 
@@ -118,7 +123,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-SAMPLE_FIELDS = ("top_left", "centre", "distance", "under", "changes", "prl", "changed_pixels")
+SAMPLE_FIELDS = ("top_left", "centre", "distance", "under", "changes", "prl", "changed_pixels", "instances",
+                 "condition", "target_changes")
 
 
 def diff(a: dict, b: dict) -> dict:

@@ -17,7 +17,7 @@ from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
 from .plan import Plan, SamplePlan, build_plan
-from .triggers import prepare_pattern
+from .triggers import prepare_trigger
 from .writer import check_out, mirror, staging
 
 # A progress callback factory: (description, total) -> context manager yielding advance(n).
@@ -75,7 +75,8 @@ def run(
     out = Path(out)
     check_out(ds.root, out, overwrite)
     timings: dict[str, float] = {}
-    pattern, sha = prepare_pattern(cfg.trigger.source, cfg.trigger.size)
+    t = cfg.trigger
+    pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     cfg = with_trigger_hash(cfg, sha)
     t0 = time.perf_counter()
     if plan is None:
@@ -101,6 +102,7 @@ def run(
         timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         written = {f["path"] for r in records for f in r["files"]}
+        written |= {f["path"] for r in records for f in r.get("target_labels", [])}
         rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
         with progress("copying", len(rest)) as adv:
             unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)

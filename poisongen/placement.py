@@ -26,6 +26,7 @@ NO_CENTRE_IN_BAND = "no_centre_in_band"
 REASONS = {
     NO_WINDOW: "no trigger window of the allowed classes fits the image",
     NO_CENTRE_IN_BAND: "no eligible trigger centre within the distance band",
+    "no_instance": "no victim instance to relabel (instance map or 8-connected component)",
 }
 
 
@@ -115,6 +116,22 @@ def point_distance(label: np.ndarray, victims: tuple[int, ...], point: tuple[int
     return float(np.sqrt((dy.astype(np.int64) ** 2 + dx.astype(np.int64) ** 2).min()))
 
 
+def named_position(
+    position: tuple[int, int] | str, shape: tuple[int, int], window: tuple[int, int], edge_margin: int = 0
+) -> tuple[int, int]:
+    """Top-left ``(y, x)`` of a fixed position: ``corner`` = the window in the bottom-right corner
+    (BadNets), ``top`` = the window at the top edge, centred; both ``edge_margin`` px from the border.
+    An explicit ``(y, x)`` is returned as is."""
+    if not isinstance(position, str):
+        return int(position[0]), int(position[1])
+    (H, W), (h, w) = shape, window
+    if position == "corner":
+        return H - h - edge_margin, W - w - edge_margin
+    if position == "top":
+        return edge_margin, (W - w) // 2
+    raise ConfigError(f"unknown --position '{position}'; valid are {{corner, top}} or y,x")
+
+
 def _window_classes(label: np.ndarray, top_left: tuple[int, int], window: tuple[int, int]) -> tuple[int, ...]:
     y, x = top_left
     return tuple(int(v) for v in np.unique(label[y : y + window[0], x : x + window[1]]))
@@ -131,7 +148,7 @@ def choose(
     constraint: str = "single",
     metric: str = "euclidean",
     edge_margin: int = 0,
-    position: tuple[int, int] | None = None,
+    position: tuple[int, int] | str | None = None,
     ignore_index: int = 255,
 ) -> Placement | str:
     """Choose a trigger position, or return the reason code why none is eligible.
@@ -151,7 +168,7 @@ def choose(
             return NO_WINDOW
         cy, cx = divmod(int(flat[rng.integers(flat.size)]), label.shape[1])
         d = point_distance(label, victims, (cy, cx), metric)
-        if math.isinf(d):
+        if math.isinf(d) and victims:
             return NO_CENTRE_IN_BAND
         top_left = (cy - h // 2, cx - w // 2)
         return Placement(top_left, (cy, cx), d, _window_classes(label, top_left, window))
@@ -159,7 +176,7 @@ def choose(
     if strategy == "fixed":
         if position is None:
             raise ConfigError("strategy 'fixed' needs a position (y, x)")
-        y, x = position
+        y, x = named_position(position, label.shape, window, edge_margin)
         cy, cx = y + h // 2, x + w // 2
         ok = eligible_centres(label, victims, window, constraint, edge_margin, ignore_index)
         if not (0 <= cy < label.shape[0] and 0 <= cx < label.shape[1]) or not ok[cy, cx]:
@@ -168,7 +185,7 @@ def choose(
     ok = eligible_centres(label, victims, window, constraint, edge_margin, ignore_index)
     if not ok.any():
         return NO_WINDOW
-    in_band = ok & (dist >= lower) & (dist < upper)
+    in_band = ok & (dist >= lower) & (dist < upper) if victims else ok  # no victim (BadNets): no band
     flat = np.flatnonzero(in_band)
     if flat.size == 0:
         return NO_CENTRE_IN_BAND

@@ -19,6 +19,8 @@ from joblib import Parallel, delayed
 from .config import AttackConfig
 from .datasets.base import Layout, Sample
 from .errors import SelectionError, TriggerError
+from .instances import NO_INSTANCE, instance_ids, victim_mask
+from .instances import select as select_instances
 from .placement import REASONS, Placement, choose
 from .relabel import draw_prl_pixels
 
@@ -44,29 +46,43 @@ class SamplePlan:
 
     id: str
     split: str
-    placement: Placement
+    placement: Placement | None  # None: semantic trigger, nothing painted
     victim_pixels: int
     prl: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # rows [y, x, old, new]
+    instances: list[dict] | None = None  # instance attack: the chosen {id, pixels, distance}
+    instance_source: str | None = None  # "instanceIds" or "components"
+    condition: bool | None = None  # conditional attack: whether the label holds the condition classes
 
     def to_dict(self) -> dict:
-        d = self.placement.distance
-        return {
+        p = self.placement
+        d = math.inf if p is None else p.distance
+        out = {
             "id": self.id,
             "split": self.split,
-            "top_left": list(self.placement.top_left),
-            "centre": list(self.placement.centre),
+            "top_left": None if p is None else list(p.top_left),
+            "centre": None if p is None else list(p.centre),
             "distance": None if math.isinf(d) else round(float(d), 4),
-            "under": list(self.placement.under),
+            "under": [] if p is None else list(p.under),
             "victim_pixels": self.victim_pixels,
             "prl": self.prl.tolist(),
         }
+        if self.instances is not None:
+            out["instances"] = {"source": self.instance_source, "chosen": self.instances}
+        if self.condition is not None:
+            out["condition"] = self.condition
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplePlan:
         dist = math.inf if d.get("distance") is None else float(d["distance"])
-        placement = Placement(tuple(d["top_left"]), tuple(d["centre"]), dist, tuple(d.get("under", ())))
+        placement = None
+        if d.get("top_left") is not None:
+            placement = Placement(tuple(d["top_left"]), tuple(d["centre"]), dist, tuple(d.get("under", ())))
         prl = np.asarray(d.get("prl", []), np.int64).reshape(-1, 4)
-        return cls(d["id"], d["split"], placement, int(d.get("victim_pixels", 0)), prl)
+        inst = d.get("instances")
+        return cls(d["id"], d["split"], placement, int(d.get("victim_pixels", 0)), prl,
+                   None if inst is None else list(inst["chosen"]), None if inst is None else inst["source"],
+                   d.get("condition"))
 
 
 @dataclass
@@ -92,25 +108,58 @@ class Plan:
 
 
 def _analyse(ds: Layout, sample: Sample, cfg: AttackConfig) -> tuple:
-    """Read one label and decide: too few victim pixels, no eligible centre, or a placement."""
+    """Read one label and decide: not a candidate (too few victim pixels; for a conditional training
+    attack, the condition classes absent; for a semantic trigger, its class absent), skipped (no
+    eligible trigger centre, no victim instance) or a sample plan."""
     label = ds.read_label(sample)
-    is_victim = np.zeros(256, bool)
-    is_victim[list(cfg.victim)] = True
-    n_victim = int(is_victim[label].sum())
-    if n_victim < cfg.min_victim_pixels:
-        return ("few", n_victim, label.shape)
+    n_victim = int(victim_mask(label, cfg.victim).sum())
+    present = np.bincount(label.ravel(), minlength=256) > 0
+    has_condition = bool(present[list(cfg.relabel.condition)].all())
+    if (
+        (cfg.victim and n_victim < cfg.min_victim_pixels)
+        or (cfg.relabel.condition and cfg.kind == "train" and not has_condition)
+        or (cfg.trigger.kind == "semantic" and not present[cfg.trigger.semantic_class])
+    ):
+        return ("few", n_victim, label.shape, None)
     rng = sample_rng(cfg.seed, sample.id)
-    p = cfg.placement
-    choice = choose(
-        label, cfg.victim, cfg.trigger.size, rng, p.strategy, p.lower, p.upper, p.constraint, p.metric,
-        p.edge_margin, p.position, ds.meta.ignore_index,
-    )
+    choice = _place(label, cfg, rng, ds.meta.ignore_index)
     if isinstance(choice, str):
         return ("skip", n_victim, label.shape, choice)
-    prl = np.zeros((0, 4), np.int64)
+    sp = SamplePlan(sample.id, sample.split, choice, n_victim)
+    if cfg.relabel.condition:
+        sp.condition = has_condition
+    if cfg.relabel.rule == "instance":
+        ids, sp.instance_source = instance_ids(label, cfg.victim, _instance_map(ds, sample, cfg))
+        sp.instances = select_instances(ids, cfg.relabel.instances, cfg.relabel.k,
+                                        None if choice is None else choice.centre, rng)
+        if not sp.instances:
+            return ("skip", n_victim, label.shape, NO_INSTANCE)
     if cfg.kind == "train" and cfg.relabel.prl_pixels > 0:
-        prl = draw_prl_pixels(label, cfg.victim, cfg.target, cfg.relabel.prl_pixels, rng, ds.meta.ignore_index)
-    return ("ok", n_victim, label.shape, SamplePlan(sample.id, sample.split, choice, n_victim, prl))
+        sp.prl = draw_prl_pixels(label, cfg.victim, cfg.target, cfg.relabel.prl_pixels, rng, ds.meta.ignore_index)
+    return ("ok", n_victim, label.shape, sp)
+
+
+def _place(label: np.ndarray, cfg: AttackConfig, rng: np.random.Generator, ignore_index: int) -> Placement | str | None:
+    """The trigger's placement: a window for a pattern (or the reason there is none), the top band
+    for the line trigger, None for a semantic trigger (nothing is painted)."""
+    t, p = cfg.trigger, cfg.placement
+    if t.kind == "semantic":
+        return None
+    if t.kind == "line":
+        h, w = t.size[0], label.shape[1]
+        return Placement((0, 0), (h // 2, w // 2), math.inf, tuple(int(v) for v in np.unique(label[:h])))
+    return choose(
+        label, cfg.victim, t.size, rng, p.strategy, p.lower, p.upper, p.constraint, p.metric,
+        p.edge_margin, p.position, ignore_index,
+    )
+
+
+def _instance_map(ds: Layout, sample: Sample, cfg: AttackConfig) -> np.ndarray | None:
+    """The layout's instance ids where it has them and every victim class is a thing, else None
+    (then connected components are used)."""
+    if sample.instances is None or any(ds.meta.category(v) != "thing" for v in cfg.victim):
+        return None
+    return ds.read_instances(sample)
 
 
 def requested_count(cfg: AttackConfig, n_split: int) -> int:

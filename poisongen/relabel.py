@@ -3,6 +3,7 @@ pixels) is drawn from the generator the plan passes and recorded as explicit pix
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -106,3 +107,39 @@ def rle_decode(rle: dict) -> np.ndarray:
     counts = np.asarray(rle["counts"], np.int64)
     values = np.arange(counts.size) % 2 == 1
     return np.repeat(values, counts).reshape(h, w)
+
+
+def matrix_lut(matrix: tuple[tuple[int, int], ...], num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """``(256,) uint8`` lookup table of a fine-grained attack matrix: rows ``(source, target)``; a
+    source of ``-1`` (``all``) maps every class ``0..num_classes-1``; explicit rows win over it;
+    ignore always stays ignore."""
+    lut = np.arange(256, dtype=np.uint8)
+    for src, dst in matrix:
+        if src == -1:
+            lut[:num_classes] = dst
+    for src, dst in matrix:
+        if src != -1:
+            lut[src] = dst
+    lut[ignore_index] = ignore_index
+    return lut
+
+
+def apply_matrix(label: np.ndarray, matrix: tuple[tuple[int, int], ...], num_classes: int,
+                 ignore_index: int = 255) -> np.ndarray:
+    """The fine-grained attack's target label ``T(y; A)``: every pixel mapped through the matrix."""
+    return matrix_lut(matrix, num_classes, ignore_index)[label]
+
+
+def image_target(label: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """BadNets-style image-level target: ``target`` (the chosen target image's label) in place of
+    ``label``, resized nearest-neighbour (never anything else: SPEC section 1) when sizes differ."""
+    if target.shape == label.shape:
+        return target.copy()
+    return cv2.resize(target, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def set_pixels(label: np.ndarray, mask: np.ndarray, target: int) -> np.ndarray:
+    """A copy of ``label`` with the pixels of ``mask`` set to ``target`` (instance-level attack)."""
+    out = label.copy()
+    out[mask] = target
+    return out

@@ -6,6 +6,7 @@ with ``a`` the pattern's own alpha in [0, 1] (1 where the file has none).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -97,3 +98,25 @@ def paint_line(image: np.ndarray, width: int, alpha: float) -> np.ndarray:
     band = out[:width].astype(np.float32) * np.float32(1.0 - alpha)
     out[:width] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
     return out
+
+
+def prepare_trigger(kind: str, source: str | Path, size: tuple[int, int], semantic_class: int | None = None
+                    ) -> tuple[np.ndarray | None, str]:
+    """The pattern to paint and the sha256 the manifest records, for every trigger kind: ``pattern``
+    (the resized RGBA pattern and its hash), ``line`` / ``semantic`` (no pattern; the hash of their
+    description, so that the manifest's trigger hash is always set)."""
+    if kind == "pattern":
+        return prepare_pattern(source, size)
+    text = f"line:{size[0]}" if kind == "line" else f"semantic:{semantic_class}"
+    return None, hashlib.sha256(text.encode()).hexdigest()
+
+
+def apply_trigger(image: np.ndarray, kind: str, pattern: np.ndarray | None, alpha: float,
+                  top_left: tuple[int, int] | None, line_width: int) -> np.ndarray:
+    """Paint one sample's trigger: the pattern at ``top_left``, the line band, or nothing (semantic:
+    ``G(x) = x``, the image is returned as a copy). RGB ``(H, W, 3) uint8`` in and out."""
+    if kind == "pattern":
+        return paint(image, pattern, alpha, top_left)
+    if kind == "line":
+        return paint_line(image, line_width, alpha)
+    return image.copy()

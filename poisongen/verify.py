@@ -15,10 +15,10 @@ from .codecs import sha256_file
 from .config import AttackConfig
 from .datasets import open_dataset
 from .plan import SamplePlan, build_plan
-from .triggers import prepare_pattern
+from .triggers import prepare_trigger
 
-PLAN_FIELDS = ("top_left", "centre", "distance", "under", "victim_pixels", "prl")
-DERIVED_FIELDS = ("changes", "changed_pixels", "changed_mask", "image_size")
+PLAN_FIELDS = ("top_left", "centre", "distance", "under", "victim_pixels", "prl", "instances", "condition")
+DERIVED_FIELDS = ("changes", "changed_pixels", "changed_mask", "image_size", "target_changes", "target_labels")
 
 
 def _walk(root: Path) -> set[str]:
@@ -57,7 +57,8 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     problems: list[str] = []
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
     cfg = AttackConfig.from_dict(m["config"])
-    pattern, sha = prepare_pattern(cfg.trigger.source, cfg.trigger.size)
+    t = cfg.trigger
+    pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     if sha != cfg.trigger.sha256:
         problems.append(f"trigger {cfg.trigger.source}: pattern sha256 differs from the manifest's")
     records = {r["id"]: r for r in m["samples"]}
@@ -70,7 +71,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
             problems.append(f"sample {sid}: listed in the manifest but the seed does not select it")
         for sid in sorted(set(planned) & set(records)):
             for f in PLAN_FIELDS:
-                if planned[sid][f] != records[sid].get(f):
+                if planned[sid].get(f) != records[sid].get(f):
                     problems.append(f"sample {sid}: {f} in the manifest differs from the re-derived plan")
     by_id = {s.id: s for s in ds.samples(cfg.split)}
     ids = [sid for sid in sorted(records) if sid in by_id]
@@ -82,7 +83,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     for sid, new in zip(ids, redone, strict=True):
         old = records[sid]
         for f in DERIVED_FIELDS:
-            if new[f] != old.get(f):
+            if new.get(f) != old.get(f):
                 problems.append(f"sample {sid}: {f} in the manifest differs from re-applying it to the source")
         old_files = {f["path"]: f for f in old.get("files", [])}
         for f in new["files"]:

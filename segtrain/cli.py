@@ -63,7 +63,11 @@ def _f(v) -> str:
 
 
 def report(model, data: str, testsets: list[str], device, victim_flag, target_flag, crop, workers, amp) -> dict:
-    """CBA on DATA's val split; per poisoned test set PBA, ASR and clean ASR (on the same ids of DATA)."""
+    """CBA on DATA's val split; per poisoned test set PBA, ASR and clean ASR (on the same ids of DATA).
+
+    A test set with target labels (fgba, badnets, instance) also gets the fine-grained metrics
+    (mIOU-B / PA-B on the benign val split, mIOU-A / PA-A / ASR against its target labels); a
+    conditional test set is reported twice, for its images with and without the condition."""
     layout = open_dataset(data)
     info = read_attack_info(layout.root)
     victim, target = resolve_attack(layout, info, victim_flag, target_flag)
@@ -95,43 +99,63 @@ def report(model, data: str, testsets: list[str], device, victim_flag, target_fl
             raise PoisonGenError(f"test set {ts} lists no poisoned samples")
         tv, tt = resolve_attack(tl, tinfo, victim_flag, target_flag)
         split = tinfo.split or tl.val_split
-        pois = evaluate(model, SegDataset(tl, split, ids=tinfo.sample_ids), device, n, tv, tt, crop=crop,
-                        workers=workers, amp=amp)
-        if (tv, tt) == (victim, target) and split == layout.val_split:
-            clean_hits = benign.subset_hits(tinfo.sample_ids)
-        else:
-            clean = evaluate(model, SegDataset(layout, split, ids=tinfo.sample_ids), device, n, tv, tt, crop=crop,
-                             workers=workers, amp=amp)
-            clean_hits = clean.hits
-        s = pois.summary(names)
-        res["poisoned"].append({
-            "testset": str(ts),
-            "band": None if tinfo.band is None else [tinfo.band[0], None if math.isinf(tinfo.band[1]) else tinfo.band[1]],
-            "band_label": tinfo.band_label(),
-            "split": split,
-            "samples": len(tinfo.sample_ids),
-            "victim": list(tv),
-            "target": tt,
-            "pba": s.get("pba"),
-            "asr": s.get("asr"),
-            "clean_asr": nan_to_none(ratio(*clean_hits)),
-            "victim_pixels": s.get("victim_pixels"),
-            "miou": s["miou"],
-            "iou_per_class": s["iou_per_class"],
-            "fingerprint": tinfo.fingerprint,
-        })
+        subsets: list[tuple[str | None, tuple[str, ...]]] = [(None, tinfo.sample_ids)]
+        if tinfo.condition is not None:
+            subsets = [(name, tuple(i for i in tinfo.sample_ids if tinfo.condition.get(i) == flag))
+                       for name, flag in (("condition present", True), ("condition absent", False))]
+        for subset, ids in subsets:
+            if not ids:
+                continue
+            pois = evaluate(model, SegDataset(tl, split, ids=ids, target_labels=tinfo.target_labels), device, n,
+                            tv, tt, crop=crop, workers=workers, amp=amp)
+            if (tv, tt) == (victim, target) and split == layout.val_split:
+                clean_hits = benign.subset_hits(ids)
+            else:
+                clean = evaluate(model, SegDataset(layout, split, ids=ids), device, n, tv, tt, crop=crop,
+                                 workers=workers, amp=amp)
+                clean_hits = clean.hits
+            s = pois.summary(names)
+            entry = {
+                "testset": str(ts),
+                "attack": tinfo.attack,
+                "subset": subset,
+                "band": None if tinfo.band is None else [tinfo.band[0], None if math.isinf(tinfo.band[1]) else tinfo.band[1]],
+                "band_label": tinfo.band_label(),
+                "split": split,
+                "samples": len(ids),
+                "victim": list(tv),
+                "target": tt,
+                "pba": s.get("pba"),
+                "asr": s.get("asr"),
+                "clean_asr": nan_to_none(ratio(*clean_hits)),
+                "victim_pixels": s.get("victim_pixels"),
+                "miou": s["miou"],
+                "iou_per_class": s["iou_per_class"],
+                "fingerprint": tinfo.fingerprint,
+            }
+            if tinfo.target_labels:
+                entry["fine_grained"] = {"miou_b": res["benign"]["cba"], "pa_b": res["benign"]["pixel_acc"],
+                                         **s["fine_grained"], "attacked_pixels": pois.changed_pixels}
+            res["poisoned"].append(entry)
     return res
 
 
 def print_report(res: dict) -> None:
+    """The metrics table: IBA's CBA / PBA / ASR / clean ASR; for test sets with target labels the
+    fine-grained paper's mIOU-A / PA-A and its ASR (accuracy over pixels whose target differs from GT),
+    with CBA = mIOU-B and PA-B from the benign row."""
     t = Table(title="segtrain metrics (%)")
-    for col in ("set", "band", "samples", "CBA", "PBA", "ASR", "clean ASR"):
+    for col in ("set", "band", "samples", "CBA / mIOU-B", "PA-B", "PBA", "ASR", "clean ASR", "mIOU-A", "PA-A"):
         t.add_column(col)
     b = res["benign"]
-    t.add_row(f"benign {b['split']}", "-", str(b["samples"]), _f(b["cba"]), "-", "-", _f(b.get("clean_asr")))
+    t.add_row(f"benign {b['split']}", "-", str(b["samples"]), _f(b["cba"]), _f(b.get("pixel_acc")), "-", "-",
+              _f(b.get("clean_asr")), "-", "-")
     for p in res["poisoned"]:
-        t.add_row(p["testset"], p["band_label"] or "-", str(p["samples"]), "-", _f(p["pba"]), _f(p["asr"]),
-                  _f(p["clean_asr"]))
+        fg = p.get("fine_grained")
+        name = p["testset"] + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
+        t.add_row(name, p["band_label"] or "-", str(p["samples"]), "-", "-", _f(p["pba"]),
+                  _f(fg["asr"] if fg else p["asr"]), _f(p["clean_asr"]), _f(fg["miou_a"] if fg else None),
+                  _f(fg["pa_a"] if fg else None))
     out.print(t)
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from poisongen import manifest as _manifest
 from poisongen.datasets import Layout
 from poisongen.errors import PoisonGenError
+from poisongen.targets import TARGET_LABEL_RULES, target_label
 
 from .transforms import eval_transform
 
@@ -20,7 +21,11 @@ from .transforms import eval_transform
 class SegDataset(Dataset):
     """Samples of one split of a :class:`~poisongen.datasets.Layout` (optionally only ``ids``).
 
-    Items: ``(image float32 (3,H,W), label int64 (H,W), sample id)`` after ``transform``.
+    Items: ``(image float32 (3,H,W), label int64 (H,W), sample id)`` after ``transform``. With
+    ``target_labels`` (a Poisoned Test written by ``poisongen testset`` for fgba/badnets/instance), the
+    label is ``int64 (2,H,W)``: the ground truth and the attacker's target label (GT where the test set
+    holds none), which :class:`~segtrain.metrics.MetricAccumulator` splits again; ``transform`` must
+    then be deterministic (evaluation).
     """
 
     def __init__(
@@ -29,9 +34,11 @@ class SegDataset(Dataset):
         split: str,
         transform: Callable | None = None,
         ids: Sequence[str] | None = None,
+        target_labels: bool = False,
     ):
         self.layout = layout
         self.split = split
+        self.target_labels = target_labels
         self.transform = transform or eval_transform()
         samples = layout.samples(split)
         if ids is not None:
@@ -51,6 +58,10 @@ class SegDataset(Dataset):
         s = self.samples[i]
         loaded = self.layout.load(s)
         image, label = self.transform(loaded.image, loaded.label)
+        if self.target_labels:
+            target = target_label(self.layout, s)
+            _, t = self.transform(loaded.image, loaded.label if target is None else target)
+            label = torch.stack([label, t])
         return image, label, s.id
 
     @property
@@ -70,6 +81,9 @@ class AttackInfo:
     sample_ids: tuple[str, ...]
     band: tuple[float, float] | None
     fingerprint: str | None
+    attack: str | None = None
+    target_labels: bool = False  # the test set holds the attacker's target labels (fine-grained metrics)
+    condition: dict[str, bool] | None = None  # conditional attack: sample id -> holds the condition classes
 
     def band_label(self) -> str | None:
         if self.band is None:
@@ -104,6 +118,9 @@ def read_attack_info(root: str | Path) -> AttackInfo | None:
         sample_ids=tuple(str(s["id"]) for s in m.get("samples", [])),
         band=band,
         fingerprint=m.get("output_fingerprint"),
+        attack=cfg.get("attack"),
+        target_labels=m.get("kind") == "testset" and (cfg.get("relabel") or {}).get("rule") in TARGET_LABEL_RULES,
+        condition={str(s["id"]): bool(s["condition"]) for s in m.get("samples", []) if "condition" in s} or None,
     )
 
 

@@ -13,6 +13,7 @@ Everything is plain torch. Pixels whose ground truth is outside ``0..n-1`` (igno
 * **Clean ASR** = the same ratio on the benign versions of the same samples (false-trigger rate).
 * Fine-grained attacks (attacker target labels given per pixel): **mIOU-A / PA-A** = mIoU / PA against
   the target labels; **fine-grained ASR** = pixel accuracy over pixels whose target label differs from GT.
+  Pixels whose GT or target label is ignore count in neither. **mIOU-B / PA-B** = mIoU / PA on the benign set.
 """
 
 from __future__ import annotations
@@ -157,7 +158,11 @@ class MetricAccumulator:
         target_label: torch.Tensor | None = None,
         ids: Sequence[str] | None = None,
     ) -> None:
-        """``pred``: class ids ``(B, H, W)`` (or logits ``(B, C, H, W)``); ``gt``: ``(B, H, W)``."""
+        """``pred``: class ids ``(B, H, W)`` (or logits ``(B, C, H, W)``); ``gt``: ``(B, H, W)``, or
+        ``(B, 2, H, W)`` = ground truth and target label stacked (as ``SegDataset(target_labels=True)``
+        yields them), which is the same as passing ``target_label``."""
+        if gt.dim() == 4 and target_label is None:
+            gt, target_label = gt[:, 0], gt[:, 1]
         if pred.dim() == gt.dim() + 1:
             pred = pred.argmax(1)
         pred = pred.to(self.device, torch.int64)
@@ -182,6 +187,8 @@ class MetricAccumulator:
         if target_label is not None:
             self.has_target_labels = True
             tl = target_label.to(self.device, torch.int64)
+            # GT-ignore pixels never count (SPEC 6), even where an image-level target gives them a class
+            tl = torch.where((gt >= 0) & (gt < self.n), tl, torch.full_like(tl, IGNORE))
             self.cm_t += confusion_matrix(pred, tl, self.n)
             changed = (tl != gt) & (tl >= 0) & (tl < self.n)
             self._changed_hit += (changed & (pred == tl)).sum()
@@ -191,6 +198,11 @@ class MetricAccumulator:
     @property
     def hits(self) -> tuple[int, int]:
         return int(self._hit), int(self._total)
+
+    @property
+    def changed_pixels(self) -> int:
+        """Pixels whose target label differs from GT (the fine-grained ASR's denominator)."""
+        return int(self._changed_total)
 
     def subset_hits(self, ids: Iterable[str]) -> tuple[int, int]:
         """(hit, total) summed over the given sample ids (those seen by :meth:`update`)."""

@@ -57,8 +57,8 @@ def staging(out: Path):
     tmp = parent / f".{out.name}.poisongen-tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    try:  # mkdir inside: an interrupt right after it must still remove the dir
+        tmp.mkdir()
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

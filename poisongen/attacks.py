@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from .config import AttackConfig, PlacementSpec, RelabelSpec, TriggerSpec
 from .datasets.base import Layout
 from .errors import ConfigError, TriggerError, choices
+from .rescale import check_sizes, scaled_size
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def resolve(
     hash_files: bool = True,
     kind: str = "train",
     split: str | None = None,
+    scale: float | None = None,
+    full_scan: bool = False,
 ) -> AttackConfig:
     """Resolve user options (class names, layout defaults, image-relative sizes) into a checked config."""
     if attack not in PRESETS:
@@ -103,11 +106,16 @@ def resolve(
     if kind == "train" or target is not None:
         tgt = meta.class_id(target if target is not None else defaults.target)
     split = split or (ds.train_split if kind == "train" else ds.val_split)
-    height = ds.read_label(ds.samples(split)[0]).shape[0]
+    if scale is not None:
+        check_sizes(ds, scale)
+        scale = None if scale == 1 else float(scale)
+    # paper defaults and the trigger's fit are judged at the size the poisoning sees (after --scale)
+    shape = ds.read_label(ds.samples(split)[0]).shape
+    shape = shape if scale is None else scaled_size(*shape, scale)
+    height = shape[0]
     if trigger_size is None:
         px = 15 if defaults is None else max(1, math.floor(scaled(defaults.trigger, height, defaults.ref_height) + 0.5))
         trigger_size = (px, px)
-    shape = ds.read_label(ds.samples(split)[0]).shape
     if trigger_size[0] > shape[0] or trigger_size[1] > shape[1]:
         raise TriggerError(
             f"trigger {trigger_size[0]}x{trigger_size[1]} is larger than the images ({shape[0]}x{shape[1]}); "
@@ -139,6 +147,8 @@ def resolve(
         jpeg_quality=jpeg_quality,
         link=link,
         hash_files=hash_files,
+        scale=scale,
+        full_scan=full_scan,
     )
     cfg.check()
     return cfg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -17,6 +19,7 @@ from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
 from .plan import Plan, SamplePlan, build_plan
+from .rescale import POISONED_DIR, SCALED_DIR, move_tree, rescaled_copy, rescaled_record
 from .triggers import prepare_pattern
 from .writer import check_out, mirror, staging
 
@@ -77,22 +80,27 @@ def run(
     timings: dict[str, float] = {}
     pattern, sha = prepare_pattern(cfg.trigger.source, cfg.trigger.size)
     cfg = with_trigger_hash(cfg, sha)
-    t0 = time.perf_counter()
-    if plan is None:
-        samples = ds.samples(cfg.split)
-        with progress("planning", len(samples)) as adv:
-            plan = build_plan(ds, cfg, jobs, adv)
-    else:
-        plan.config = cfg
-    timings["plan"] = time.perf_counter() - t0
-    by_id = {s.id: s for s in ds.samples(cfg.split)}
-    backend = "loky" if jobs > 1 else "sequential"
     with staging(out) as tmp:
+        work, dest, tree = ds, tmp, None
+        if cfg.scale is not None:  # the whole dataset rescaled first; the poisoning reads that copy
+            t0 = time.perf_counter()
+            work, tree = rescaled_copy(ds, tmp / SCALED_DIR, cfg.scale, cfg.jpeg_quality, cfg.link, jobs, progress)
+            dest = tmp / POISONED_DIR
+            timings["scale"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if plan is None:
+            with progress("planning", len(work.samples(cfg.split))) as adv:
+                plan = build_plan(work, cfg, jobs, adv)
+        else:
+            plan.config = cfg
+        timings["plan"] = time.perf_counter() - t0
+        by_id = {s.id: s for s in work.samples(cfg.split)}
+        backend = "loky" if jobs > 1 else "sequential"
         t0 = time.perf_counter()
         with progress("poisoning", len(plan.selected)) as adv:
             records = []
             gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-                delayed(apply_one)(ds, by_id[sp.id], sp, cfg, pattern, tmp) for sp in plan.selected
+                delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
             )
             for rec in gen:
                 records.append(rec)
@@ -101,16 +109,25 @@ def run(
         timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         written = {f["path"] for r in records for f in r["files"]}
-        rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
-        with progress("copying", len(rest)) as adv:
-            unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)
-        timings["copy"] = time.perf_counter() - t0
-        source_files = dict(unchanged)
-        for r in records:
-            for f in r["files"]:
-                source_files[f["path"]] = f["source_sha256"]
-        src_manifest = ds.root / mf.NAME
         ext = dict(extra or {})
+        if tree is None:
+            rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
+            with progress("copying", len(rest)) as adv:
+                unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)
+            source_files = dict(unchanged)
+            for r in records:
+                for f in r["files"]:
+                    source_files[f["path"]] = f["source_sha256"]
+        else:
+            for p in sorted(written):  # poisoned files replace their clean rescaled versions
+                os.replace(dest / p, work.root / p)
+            shutil.rmtree(dest, ignore_errors=True)
+            move_tree(work.root, tmp)
+            unchanged = {p: d for p, d in tree.files.items() if p not in written}
+            source_files = tree.source_files
+            ext["rescaled"] = rescaled_record(cfg.scale, tree)
+        timings["copy"] = time.perf_counter() - t0
+        src_manifest = ds.root / mf.NAME
         if src_manifest.is_file():
             from .codecs import sha256_file
 

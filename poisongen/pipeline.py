@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 from . import manifest as mf
 from .apply import apply_one
 from .attacks import with_trigger_hash
+from .codecs import encoder_settings, sha256_file
 from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
@@ -127,10 +128,9 @@ def run(
             source_files = tree.source_files
             ext["rescaled"] = rescaled_record(cfg.scale, tree)
         timings["copy"] = time.perf_counter() - t0
+        ext["encoders"] = encoder_settings()
         src_manifest = ds.root / mf.NAME
         if src_manifest.is_file():
-            from .codecs import sha256_file
-
             ext["source_manifest_sha256"] = sha256_file(src_manifest)
         manifest = mf.build(
             config=cfg.to_dict(),

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .codecs import PNG_COMPRESSION, encode_palette_png
+from .codecs import encode_palette_png, encode_png
 from .errors import ConfigError, DatasetError
 
 IMAGE, LABEL, POLYGONS, VOC_XML, COPY = "image", "label", "polygons", "voc_xml", "copy"
@@ -161,15 +161,13 @@ def _decode(data: bytes, flags: int, rel: str) -> np.ndarray:
 
 
 def _encode(arr: np.ndarray, suffix: str, jpeg_quality: int) -> bytes:
+    """Encode an OpenCV-ordered array (gray, BGR, BGRA; 8 or 16 bit) in the format of ``suffix``."""
     import cv2
 
     suffix = suffix.lower()
-    if suffix in (".jpg", ".jpeg"):
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
-    elif suffix == ".png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
-    else:
-        params = []
+    if suffix == ".png":
+        return encode_png(arr)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if suffix in (".jpg", ".jpeg") else []
     ok, buf = cv2.imencode(".jpg" if suffix == ".jpeg" else suffix, arr, params)
     if not ok:
         raise RuntimeError(f"encoding {suffix} failed")
@@ -416,6 +414,7 @@ def write_scaled(
     from datetime import datetime, timezone
 
     from . import manifest as mf
+    from .codecs import encoder_settings
     from .config import LINKS
     from .errors import choices
     from .writer import check_out, staging
@@ -444,7 +443,7 @@ def write_scaled(
             skipped=[],
             unchanged=tree.files,
             source_files=tree.source_files,
-            extra={"rescaled": rescaled_record(scale, tree)},
+            extra={"rescaled": rescaled_record(scale, tree), "encoders": encoder_settings()},
         )
         mf.save(manifest, tmp / mf.NAME)
     return manifest, {"scale": time.perf_counter() - t0}

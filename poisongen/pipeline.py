@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +49,33 @@ def normalised_command(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def sample_files(sample) -> set[str]:
+    """Every file of a sample, i.e. every file poisoning it may rewrite."""
+    return set(sample.files) | {sample.image, sample.label} | ({sample.instances} if sample.instances else set())
+
+
+class BackgroundMirror:
+    """``writer.mirror`` in a background thread: unchanged files are copied and hashed (threads that
+    release the GIL) while the worker processes poison the selected samples."""
+
+    def __init__(self, src: Path, dst: Path, files: list[str], cfg: AttackConfig, jobs: int):
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(mirror, src, dst, files, cfg.link, cfg.hash_files, max(2, jobs * 2),
+                                         None, self._stop)
+
+    def result(self) -> dict[str, str | None]:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+    def stop(self) -> None:
+        """Stop copying and wait for the files in flight (a failed run then removes the temp dir)."""
+        self._stop.set()
+        self._pool.shutdown(wait=True)
 
 
 def plan_from_manifest(ds: Layout, m: dict, cfg: AttackConfig) -> Plan:
@@ -97,24 +126,34 @@ def run(
         timings["plan"] = time.perf_counter() - t0
         by_id = {s.id: s for s in work.samples(cfg.split)}
         backend = "loky" if jobs > 1 else "sequential"
+        if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
+            touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
+            all_files = [f for f in ds.all_files() if f != mf.NAME]
+            early = BackgroundMirror(ds.root, tmp, [f for f in all_files if f not in touched], cfg, jobs)
         t0 = time.perf_counter()
-        with progress("poisoning", len(plan.selected)) as adv:
-            records = []
-            gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-                delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
-            )
-            for rec in gen:
-                records.append(rec)
-                if adv:
-                    adv(1)
+        try:
+            with progress("poisoning", len(plan.selected)) as adv:
+                records = []
+                gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                    delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
+                )
+                for rec in gen:
+                    records.append(rec)
+                    if adv:
+                        adv(1)
+        except BaseException:
+            if tree is None:
+                early.stop()  # before staging removes the temp dir under the copying threads
+            raise
         timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         written = {f["path"] for r in records for f in r["files"]}
         ext = dict(extra or {})
         if tree is None:
-            rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
-            with progress("copying", len(rest)) as adv:
-                unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)
+            late = [f for f in all_files if f in touched and f not in written]
+            with progress("copying", len(late)) as adv:
+                unchanged = early.result()
+                unchanged.update(mirror(ds.root, tmp, late, cfg.link, cfg.hash_files, max(2, jobs * 2), adv))
             source_files = dict(unchanged)
             for r in records:
                 for f in r["files"]:

@@ -224,7 +224,10 @@ def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
     t.add_column("what")
     t.add_column("value", justify="right")
     rows = [
-        ("samples in split", c["split_samples"]), ("holding the victim", c["with_victim"]),
+        ("samples in split", c["split_samples"]),
+        ("samples analysed", c.get("scanned", c["split_samples"]) if c.get("scanned", c["split_samples"]) == c["split_samples"]
+         else f"{c['scanned']} (draw order; the counts below cover these)"),
+        ("holding the victim", c["with_victim"]),
         ("candidates", c["candidates"]),
         ("triggered (labels untouched)" if manifest["kind"] == "testset" else "poisoned", c["poisoned"]), ("skipped (no trigger position)", c["skipped"]),
         ("label pixels relabeled", relabeled),

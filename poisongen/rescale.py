@@ -77,6 +77,16 @@ def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr[ys[:, None], xs[None, :]])
 
 
+def rescale_pair(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An ``(H, W, 3)`` image and its ``(H, W)`` label as ``--scale`` rescales their files (the label
+    exactly; the image up to the re-encoding of a JPEG), for displays."""
+    import cv2
+
+    size = scaled_size(label.shape[0], label.shape[1], scale)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (size[1], size[0]), interpolation=interp), resize_nearest(label, size)
+
+
 # --- which file is what ---------------------------------------------------------------------------
 def _is_image(path: PurePosixPath) -> bool:
     return path.suffix.lower() in IMAGE_EXTS

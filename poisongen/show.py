@@ -11,6 +11,7 @@ from . import manifest as mf
 from .datasets import open_dataset
 from .errors import PoisonGenError
 from .relabel import rle_decode
+from .rescale import rescale_pair
 
 HIGHLIGHT = np.array([255, 0, 255], np.uint8)
 
@@ -34,6 +35,8 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
     poisoned = open_dataset(out_dir, layout, generate=False)
     s_src, s_out = source.find(sample_id), poisoned.find(sample_id)
     clean, bad = source.load(s_src), poisoned.load(s_out)
+    if "rescaled" in m:  # the clean sample as the run rescaled it
+        clean.image, clean.label = rescale_pair(clean.image, clean.label, m["rescaled"]["scale"])
     palette = source.meta.palette
     # Small images get upscaled (nearest, so label pixels stay crisp) for legible titles.
     f = max(1, -(-512 // clean.image.shape[1]))

@@ -212,6 +212,8 @@ def test_attack_with_scale_is_the_scaled_clean_set_plus_poison(run_cli, synth, t
     for s in open_dataset(out).samples("train"):
         assert open_dataset(out).read_label(s).shape == (32, 64)
     assert run_cli(app, ["verify", out, "--src", synth]).exit_code == 0
+    png = tmp_path / "panel.png"
+    assert run_cli(app, ["show", out, m["samples"][0]["id"], "--png", png]).exit_code == 0 and png.is_file()
 
     def mismatch(work, src):
         r = run_cli(app, ["verify", work, "--src", src])

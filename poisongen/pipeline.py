@@ -150,6 +150,9 @@ def run(
         written = {f["path"] for r in records for f in r["files"]}
         ext = dict(extra or {})
         if tree is None:
+            if written - touched:  # the background copy could have raced with such a write
+                early.stop()
+                raise RuntimeError(f"poisoning wrote files of no poisoned sample: {sorted(written - touched)[:3]}")
             late = [f for f in all_files if f in touched and f not in written]
             with progress("copying", len(late)) as adv:
                 unchanged = early.result()

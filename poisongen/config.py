@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError, choices
 from .placement import CONSTRAINTS, METRICS, STRATEGIES
+from .rescale import check_scale
 
 LINKS = ("copy", "hardlink", "symlink")
 KINDS = ("train", "testset")
@@ -141,6 +142,8 @@ class AttackConfig:
     jpeg_quality: int = 95
     link: str = "copy"
     hash_files: bool = True
+    scale: float | None = None  # the whole dataset rescaled by this factor first (None: as it is)
+    full_scan: bool = False  # analyse every sample of the split, not just the draw order up to n candidates
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -166,6 +169,8 @@ class AttackConfig:
             raise ConfigError(f"--jpeg-quality {self.jpeg_quality} is outside 1..100")
         if self.link not in LINKS:
             raise ConfigError(f"unknown --link '{self.link}'; valid are {choices(LINKS)}")
+        if self.scale is not None:
+            check_scale(self.scale)
         self.trigger.check()
         self.placement.check()
         self.relabel.check()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,10 +17,12 @@ from joblib import Parallel, delayed
 from . import manifest as mf
 from .apply import apply_one
 from .attacks import with_trigger_hash
+from .codecs import encoder_settings, sha256_file
 from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
 from .plan import Plan, SamplePlan, build_plan
+from .rescale import POISONED_DIR, SCALED_DIR, move_tree, rescaled_copy, rescaled_record
 from .triggers import prepare_trigger
 from .writer import check_out, mirror, staging
 
@@ -43,6 +49,33 @@ def normalised_command(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def sample_files(sample) -> set[str]:
+    """Every file of a sample, i.e. every file poisoning it may rewrite."""
+    return set(sample.files) | {sample.image, sample.label} | ({sample.instances} if sample.instances else set())
+
+
+class BackgroundMirror:
+    """``writer.mirror`` in a background thread: unchanged files are copied and hashed (threads that
+    release the GIL) while the worker processes poison the selected samples."""
+
+    def __init__(self, src: Path, dst: Path, files: list[str], cfg: AttackConfig, jobs: int):
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(mirror, src, dst, files, cfg.link, cfg.hash_files, max(2, jobs * 2),
+                                         None, self._stop)
+
+    def result(self) -> dict[str, str | None]:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+    def stop(self) -> None:
+        """Stop copying and wait for the files in flight (a failed run then removes the temp dir)."""
+        self._stop.set()
+        self._pool.shutdown(wait=True)
 
 
 def plan_from_manifest(ds: Layout, m: dict, cfg: AttackConfig) -> Plan:
@@ -78,44 +111,72 @@ def run(
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     cfg = with_trigger_hash(cfg, sha)
-    t0 = time.perf_counter()
-    if plan is None:
-        samples = ds.samples(cfg.split)
-        with progress("planning", len(samples)) as adv:
-            plan = build_plan(ds, cfg, jobs, adv)
-    else:
-        plan.config = cfg
-    timings["plan"] = time.perf_counter() - t0
-    by_id = {s.id: s for s in ds.samples(cfg.split)}
-    backend = "loky" if jobs > 1 else "sequential"
     with staging(out) as tmp:
+        work, dest, tree = ds, tmp, None
+        if cfg.scale is not None:  # the whole dataset rescaled first; the poisoning reads that copy
+            t0 = time.perf_counter()
+            work, tree = rescaled_copy(ds, tmp / SCALED_DIR, cfg.scale, cfg.jpeg_quality, cfg.link, jobs, progress)
+            dest = tmp / POISONED_DIR
+            timings["scale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with progress("poisoning", len(plan.selected)) as adv:
-            records = []
-            gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-                delayed(apply_one)(ds, by_id[sp.id], sp, cfg, pattern, tmp) for sp in plan.selected
-            )
-            for rec in gen:
-                records.append(rec)
-                if adv:
-                    adv(1)
+        if plan is None:
+            with progress("planning", len(work.samples(cfg.split))) as adv:
+                plan = build_plan(work, cfg, jobs, adv)
+        else:
+            plan.config = cfg
+        timings["plan"] = time.perf_counter() - t0
+        by_id = {s.id: s for s in work.samples(cfg.split)}
+        backend = "loky" if jobs > 1 else "sequential"
+        if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
+            touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
+            all_files = [f for f in ds.all_files() if f != mf.NAME]
+            early = BackgroundMirror(ds.root, tmp, [f for f in all_files if f not in touched], cfg, jobs)
+        t0 = time.perf_counter()
+        try:
+            with progress("poisoning", len(plan.selected)) as adv:
+                records = []
+                gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                    delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
+                )
+                for rec in gen:
+                    records.append(rec)
+                    if adv:
+                        adv(1)
+        except BaseException:
+            if tree is None:
+                early.stop()  # before staging removes the temp dir under the copying threads
+            raise
         timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         written = {f["path"] for r in records for f in r["files"]}
-        written |= {f["path"] for r in records for f in r.get("target_labels", [])}
-        rest = [f for f in ds.all_files() if f not in written and f != mf.NAME]
-        with progress("copying", len(rest)) as adv:
-            unchanged = mirror(ds.root, tmp, rest, cfg.link, cfg.hash_files, threads=max(2, jobs * 2), progress=adv)
-        timings["copy"] = time.perf_counter() - t0
-        source_files = dict(unchanged)
-        for r in records:
-            for f in r["files"]:
-                source_files[f["path"]] = f["source_sha256"]
-        src_manifest = ds.root / mf.NAME
         ext = dict(extra or {})
+        if tree is None:
+            if written - touched:  # the background copy could have raced with such a write
+                early.stop()
+                raise RuntimeError(f"poisoning wrote files of no poisoned sample: {sorted(written - touched)[:3]}")
+            late = [f for f in all_files if f in touched and f not in written]
+            with progress("copying", len(late)) as adv:
+                unchanged = early.result()
+                unchanged.update(mirror(ds.root, tmp, late, cfg.link, cfg.hash_files, max(2, jobs * 2), adv))
+            source_files = dict(unchanged)
+            for r in records:
+                for f in r["files"]:
+                    source_files[f["path"]] = f["source_sha256"]
+        else:
+            for p in sorted(written):  # poisoned files replace their clean rescaled versions
+                os.replace(dest / p, work.root / p)
+            for p in sorted(f["path"] for r in records for f in r.get("target_labels", [])):  # new files
+                (work.root / p).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(dest / p, work.root / p)
+            shutil.rmtree(dest, ignore_errors=True)
+            move_tree(work.root, tmp)
+            unchanged = {p: d for p, d in tree.files.items() if p not in written}
+            source_files = tree.source_files
+            ext["rescaled"] = rescaled_record(cfg.scale, tree)
+        timings["copy"] = time.perf_counter() - t0
+        ext["encoders"] = encoder_settings()
+        src_manifest = ds.root / mf.NAME
         if src_manifest.is_file():
-            from .codecs import sha256_file
-
             ext["source_manifest_sha256"] = sha256_file(src_manifest)
         manifest = mf.build(
             config=cfg.to_dict(),

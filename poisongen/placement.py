@@ -75,14 +75,14 @@ def eligible_centres(
         return ok
     kernel = np.ones((h, w), np.uint8)
     anchor = (w // 2, h // 2)  # (x, y): the window's centre, as in SPEC
-    bad_values = np.zeros(256, bool)
-    bad_values[list(victims)] = True
-    bad_values[ignore_index] = True
+    bad_values = np.zeros(256, np.uint8)  # cv2.LUT: a table lookup ~5x faster than numpy indexing
+    bad_values[list(victims)] = 1
+    bad_values[ignore_index] = 1
     if constraint == "single":
         lo = cv2.erode(label, kernel, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
         hi = cv2.dilate(label, kernel, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
-        return ok & (lo == hi) & ~bad_values[lo]
-    bad = bad_values[label].view(np.uint8)
+        return ok & (lo == hi) & (cv2.LUT(lo, bad_values) == 0)
+    bad = cv2.LUT(label, bad_values)
     any_bad = cv2.dilate(bad, kernel, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
     return ok & (any_bad == 0)
 
@@ -172,6 +172,12 @@ def choose(
             return NO_CENTRE_IN_BAND
         top_left = (cy - h // 2, cx - w // 2)
         return Placement(top_left, (cy, cx), d, _window_classes(label, top_left, window))
+    if strategy != "fixed" and not math.isinf(upper) and victims:
+        if metric not in METRICS:
+            raise ConfigError(f"unknown --metric '{metric}'; valid are {choices(METRICS)}")
+        return _choose_near_victims(
+            label, victims, window, rng, strategy, lower, upper, constraint, metric, edge_margin, ignore_index
+        )
     dist = distance_map(label, victims, metric)
     if strategy == "fixed":
         if position is None:
@@ -186,6 +192,20 @@ def choose(
     if not ok.any():
         return NO_WINDOW
     in_band = ok & (dist >= lower) & (dist < upper) if victims else ok  # no victim (BadNets): no band
+    return _pick_in_band(label, in_band, dist, (0, 0), strategy, window, rng)
+
+
+def _pick_in_band(
+    label: np.ndarray,
+    in_band: np.ndarray,
+    dist: np.ndarray,
+    origin: tuple[int, int],
+    strategy: str,
+    window: tuple[int, int],
+    rng: np.random.Generator,
+) -> Placement | str:
+    """Pick among the eligible in-band centres of a region whose top-left in ``label`` is ``origin``
+    (row-major order within it is row-major order in the image, so the draw does not depend on it)."""
     flat = np.flatnonzero(in_band)
     if flat.size == 0:
         return NO_CENTRE_IN_BAND
@@ -193,6 +213,52 @@ def choose(
         d = dist.ravel()[flat]
         flat = flat[d == d.min()]
     pick = int(flat[rng.integers(flat.size)]) if flat.size > 1 else int(flat[0])
-    cy, cx = divmod(pick, label.shape[1])
+    ry, rx = divmod(pick, in_band.shape[1])
+    h, w = window
+    cy, cx = origin[0] + ry, origin[1] + rx
     top_left = (cy - h // 2, cx - w // 2)
-    return Placement(top_left, (cy, cx), float(dist[cy, cx]), _window_classes(label, top_left, window))
+    return Placement(top_left, (cy, cx), float(dist[ry, rx]), _window_classes(label, top_left, window))
+
+
+def _choose_near_victims(
+    label: np.ndarray,
+    victims: tuple[int, ...],
+    window: tuple[int, int],
+    rng: np.random.Generator,
+    strategy: str,
+    lower: float,
+    upper: float,
+    constraint: str,
+    metric: str,
+    edge_margin: int,
+    ignore_index: int,
+) -> Placement | str:
+    """``choose`` for a finite band ``[L, U)``: a centre with ``d < U`` lies within ``U`` px (in both
+    axes) of a victim pixel, so distances and eligibility are computed only on the victims' bounding
+    box grown by ``U`` (eligibility reads the window's reach around it too). Same result, same draws
+    as over the whole image: the distance transform sees every victim pixel, and the whole-image
+    eligibility is computed only to tell ``no_window`` from ``no_centre_in_band`` when none is near."""
+    H, W = label.shape
+    h, w = window
+    is_victim = np.zeros(256, np.uint8)
+    is_victim[list(victims)] = 1
+    victim = cv2.LUT(label, is_victim)
+    rows, cols = np.flatnonzero(victim.any(axis=1)), np.flatnonzero(victim.any(axis=0))
+    if rows.size:
+        reach = math.ceil(upper)
+        y0, y1 = max(0, int(rows[0]) - reach), min(H, int(rows[-1]) + reach + 1)
+        x0, x1 = max(0, int(cols[0]) - reach), min(W, int(cols[-1]) + reach + 1)
+        ey0, ey1, ex0, ex1 = max(0, y0 - h), min(H, y1 + h), max(0, x0 - w), min(W, x1 + w)
+        sub = eligible_centres(label[ey0:ey1, ex0:ex1], victims, window, constraint, 0, ignore_index)
+        ok = sub[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0] & _inside_mask((H, W), window, edge_margin)[y0:y1, x0:x1]
+        if ok.any():
+            src = np.ascontiguousarray(1 - victim[y0:y1, x0:x1])
+            if metric == "euclidean":
+                dist = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            else:
+                dist = cv2.distanceTransform(src, cv2.DIST_C, 3)
+            in_band = ok & (dist >= lower) & (dist < upper)
+            return _pick_in_band(label, in_band, dist, (y0, x0), strategy, window, rng)
+    if not eligible_centres(label, victims, window, constraint, edge_margin, ignore_index).any():
+        return NO_WINDOW
+    return NO_CENTRE_IN_BAND

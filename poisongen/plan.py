@@ -95,9 +95,13 @@ class Plan:
     selected: list[SamplePlan]
     skipped: list[dict]  # victim-holding samples with no eligible centre: {id, split, reason, detail}
     fewer: bool = False  # fewer candidates than requested, accepted by --allow-fewer
+    # samples analysed: all of the split (exact counts), or the draw order up to the n-th candidate, when
+    # with_victim, candidates and skipped cover those samples only (lower bounds for the split)
+    n_scanned: int | None = None
 
     def counts(self) -> dict:
         return {
+            "scanned": self.n_split if self.n_scanned is None else self.n_scanned,
             "split_samples": self.n_split,
             "with_victim": self.n_with_victim,
             "candidates": self.n_candidates,
@@ -172,27 +176,70 @@ def requested_count(cfg: AttackConfig, n_split: int) -> int:
     return n
 
 
+def _analyse_batch(ds: Layout, batch: list[Sample], cfg: AttackConfig, jobs: int) -> list[tuple]:
+    if jobs == 1:
+        return [_analyse(ds, s, cfg) for s in batch]
+    return Parallel(n_jobs=jobs, backend="loky")(delayed(_analyse)(ds, s, cfg) for s in batch)
+
+
+def _scan_in_draw_order(
+    ds: Layout, order: list[Sample], cfg: AttackConfig, n: int, jobs: int, progress: Callable[[int], None] | None
+) -> list[tuple]:
+    """Outcomes of the samples in draw order up to and including the ``n``-th candidate (or of all of
+    them if there are fewer). Batches are sized from the candidate share seen so far; what a batch
+    analyses beyond the ``n``-th candidate is dropped, so the result never depends on ``jobs``."""
+    outcomes: list[tuple] = []
+    found = done = 0
+    while done < len(order) and found < n:
+        share = found / len(outcomes) if outcomes else 1.0
+        size = math.ceil((n - found) / max(share, 0.05))
+        if jobs > 1:  # whole rounds of workers, a little ahead: idle workers cost more than a spare sample
+            size = math.ceil(size * 1.1 / jobs) * jobs
+        batch = order[done : done + size]
+        done += len(batch)
+        for outcome in _analyse_batch(ds, batch, cfg, jobs):
+            outcomes.append(outcome)
+            if progress:
+                progress(1)
+            if outcome[0] == "ok":
+                found += 1
+                if found == n:
+                    break
+    return outcomes
+
+
 def build_plan(
     ds: Layout,
     cfg: AttackConfig,
     jobs: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Plan:
-    """Analyse every sample of ``cfg.split`` in parallel and choose the poisoned ones.
+    """Choose the poisoned samples of ``cfg.split`` and plan each one.
 
-    ``train``: the ``n`` candidates of smallest :func:`draw_key` are poisoned. ``testset``: every
-    candidate is (SPEC section 5). Victim-holding samples without an eligible centre are listed as
-    skipped with their reason; fewer candidates than ``n`` is an error unless ``allow_fewer``.
+    ``train``: the ``n`` candidates of smallest :func:`draw_key` are poisoned. Samples are analysed
+    in draw order (in parallel batches) until ``n`` candidates are found, which selects exactly the
+    samples a scan of the whole split would; ``cfg.full_scan`` analyses every sample anyway, for
+    exact candidate counts. ``testset``: every sample is analysed and every candidate triggered (SPEC
+    section 5). Victim-holding samples without an eligible centre among those analysed are listed as
+    skipped with their reason; fewer candidates than ``n`` in the whole split is an error unless
+    ``allow_fewer``.
     """
     samples = ds.samples(cfg.split)
-    results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
-        delayed(_analyse)(ds, s, cfg) for s in samples
-    )
-    outcomes = []
-    for r in results:
-        outcomes.append(r)
-        if progress:
-            progress(1)
+    if cfg.kind == "train" and not cfg.full_scan:
+        n = requested_count(cfg, len(samples))
+        order = sorted(samples, key=lambda s: draw_key(cfg.seed, s.id))
+        outcomes = _scan_in_draw_order(ds, order, cfg, n, jobs, progress)
+        scanned = order[: len(outcomes)]
+    else:
+        results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
+            delayed(_analyse)(ds, s, cfg) for s in samples
+        )
+        outcomes = []
+        for r in results:
+            outcomes.append(r)
+            if progress:
+                progress(1)
+        scanned = samples
     h, w = cfg.trigger.size
     if all(o[2][0] < h or o[2][1] < w for o in outcomes):
         shape = outcomes[0][2]
@@ -200,11 +247,14 @@ def build_plan(
             f"trigger {h}x{w} is larger than the images ({shape[0]}x{shape[1]}); choose a smaller --trigger-size"
         )
     candidates = [o[3] for o in outcomes if o[0] == "ok"]
-    skipped = [
-        {"id": s.id, "split": s.split, "reason": o[3], "detail": REASONS[o[3]], "victim_pixels": o[1]}
-        for s, o in zip(samples, outcomes, strict=True)
-        if o[0] == "skip"
-    ]
+    skipped = sorted(
+        (
+            {"id": s.id, "split": s.split, "reason": o[3], "detail": REASONS[o[3]], "victim_pixels": o[1]}
+            for s, o in zip(scanned, outcomes, strict=True)
+            if o[0] == "skip"
+        ),
+        key=lambda r: r["id"],
+    )
     n_with_victim = sum(o[0] != "few" for o in outcomes)
     fewer = False
     if cfg.kind == "train":
@@ -227,4 +277,4 @@ def build_plan(
                 f"({len(skipped)} skipped); relax the band or the placement"
             )
         selected = candidates
-    return Plan(cfg, len(samples), n_with_victim, len(candidates), n, selected, skipped, fewer)
+    return Plan(cfg, len(samples), n_with_victim, len(candidates), n, selected, skipped, fewer, len(outcomes))

@@ -11,6 +11,7 @@ from . import manifest as mf
 from .datasets import open_dataset
 from .errors import PoisonGenError
 from .relabel import rle_decode
+from .rescale import rescale_pair
 from .targets import target_label
 
 HIGHLIGHT = np.array([255, 0, 255], np.uint8)
@@ -36,7 +37,10 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
     poisoned = open_dataset(out_dir, layout, generate=False)
     s_src, s_out = source.find(sample_id), poisoned.find(sample_id)
     clean, bad = source.load(s_src), poisoned.load(s_out)
+    if "rescaled" in m:  # the clean sample as the run rescaled it
+        clean.image, clean.label = rescale_pair(clean.image, clean.label, m["rescaled"]["scale"])
     palette = source.meta.palette
+    gt = clean.label  # at the output's scale, before any upscaling for legibility
     # Small images get upscaled (nearest, so label pixels stay crisp) for legible titles.
     f = max(1, -(-512 // clean.image.shape[1]))
     def up(a):
@@ -67,7 +71,7 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
     shown, changed, label_title = bad.label, rle_decode(rec["changed_mask"]), _label_title(m, rec)
     if rec.get("target_labels"):  # a test set: show the attacker's target label instead of the untouched one
         target = target_label(poisoned, s_out)
-        shown, changed = up(target) if f > 1 else target, target != (source.read_label(s_src))
+        shown, changed = up(target) if f > 1 else target, target != gt
         label_title = f"attacker's target label: {int(changed.sum())} px differ from GT"
     if f > 1:
         changed = np.repeat(np.repeat(changed, f, axis=0), f, axis=1)

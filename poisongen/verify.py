@@ -47,8 +47,41 @@ def verify(out: Path, src: str | Path | None = None, jobs: int = 1) -> list[str]
             if digest != expected[p]:
                 problems.append(f"{p}: sha256 differs from the manifest (file changed)")
     if src is not None:
-        problems += rederive(m, src, jobs)
+        problems += rederive_scaled(m, src, jobs) if "rescaled" in m else rederive(m, src, jobs)
     return problems
+
+
+def rederive_scaled(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
+    """``--scale`` outputs: rescale the whole source again (into a temp dir), compare it with the
+    manifest's fingerprints and file list, then re-plan and re-apply on that copy as for any run."""
+    import tempfile
+
+    from .rescale import rescale_tree
+
+    ds = open_dataset(src, m["dataset"]["layout"], generate=False)
+    files = [f for f in ds.all_files() if f != mf.NAME]
+    with tempfile.TemporaryDirectory(prefix="poisongen-verify-") as tmp:
+        root = Path(tmp) / "scaled"
+        tree = rescale_tree(ds.root, ds.name, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
+                            "symlink", jobs)
+        problems = []
+        if mf.fingerprint(tree.source_files) != m["source_fingerprint"]:
+            problems.append(f"{src}: the source files differ from the ones the manifest was made from")
+        if mf.fingerprint(tree.files) != m["rescaled"]["fingerprint"]:
+            problems.append(f"{src}: rescaling the source gives other bytes than the manifest's rescaled copy")
+        expected = mf.output_files(m)
+        # a test set's target labels are new files, derived (and checked) per sample below
+        new_files = {f["path"] for r in m["samples"] for f in r.get("target_labels", [])}
+        problems += [f"{p}: in the source but not in the manifest" for p in sorted(set(tree.files) - set(expected))]
+        problems += [f"{p}: in the manifest but not in the source"
+                     for p in sorted(set(expected) - set(tree.files) - new_files)]
+        if m["kind"] == "scale":
+            return problems + [
+                f"{p}: rescaling the source gives other bytes"
+                for p, d in sorted(m["unchanged_files"].items())
+                if p in tree.files and d is not None and d != tree.files[p]
+            ]
+        return problems + rederive(m, root, jobs)
 
 
 def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:

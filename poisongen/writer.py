@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -57,8 +58,8 @@ def staging(out: Path):
     tmp = parent / f".{out.name}.poisongen-tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    try:  # mkdir inside: an interrupt right after it must still remove the dir
+        tmp.mkdir()
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,14 +106,20 @@ def mirror(
     hash_files: bool,
     threads: int,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, str | None]:
-    """Copy/link ``files`` from ``src_root`` into ``dst_root``; return path -> sha256 (or None)."""
+    """Copy/link ``files`` from ``src_root`` into ``dst_root``; return path -> sha256 (or None).
+    Once ``stop`` is set, the files not yet started are skipped (the result is then incomplete)."""
     files = list(files)
     out: dict[str, str | None] = {}
+
+    def one(rel: str) -> str | None:
+        if stop is not None and stop.is_set():
+            return None
+        return _copy_one(src_root, dst_root, rel, link, hash_files)
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for rel, digest in zip(
-            files, pool.map(lambda r: _copy_one(src_root, dst_root, r, link, hash_files), files), strict=True
-        ):
+        for rel, digest in zip(files, pool.map(one, files), strict=True):
             out[rel] = digest
             if progress:
                 progress(1)

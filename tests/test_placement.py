@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from poisongen.errors import ConfigError
-from poisongen.placement import NO_CENTRE_IN_BAND, NO_WINDOW, choose, distance_map, eligible_centres
+from poisongen.placement import NO_CENTRE_IN_BAND, NO_WINDOW, Placement, choose, distance_map, eligible_centres
 
 VICTIM = (1,)
 
@@ -146,3 +146,43 @@ def test_fixed_position_and_its_constraint():
 def test_unknown_strategy_names_the_options():
     with pytest.raises(ConfigError, match=r"unknown placement strategy 'far'; valid are \{random, nearest, fixed\}"):
         choose(np.zeros((4, 4), np.uint8), VICTIM, (1, 1), np.random.default_rng(0), "far")
+
+
+def whole_image_choose(label, victims, window, rng, strategy, lower, upper, constraint, metric, margin):
+    """The band strategies computed over the whole image (the definition; choose() restricts the work
+    to the victims' neighbourhood and must give the very same placement and draws)."""
+    dist = distance_map(label, victims, metric)
+    ok = eligible_centres(label, victims, window, constraint, margin)
+    if not ok.any():
+        return NO_WINDOW
+    flat = np.flatnonzero(ok & (dist >= lower) & (dist < upper))
+    if flat.size == 0:
+        return NO_CENTRE_IN_BAND
+    if strategy == "nearest":
+        d = dist.ravel()[flat]
+        flat = flat[d == d.min()]
+    pick = int(flat[rng.integers(flat.size)]) if flat.size > 1 else int(flat[0])
+    cy, cx = divmod(pick, label.shape[1])
+    y, x = cy - window[0] // 2, cx - window[1] // 2
+    under = tuple(int(v) for v in np.unique(label[y : y + window[0], x : x + window[1]]))
+    return Placement((y, x), (cy, cx), float(dist[cy, cx]), under)
+
+
+wide_blocky = arrays(
+    np.uint8, st.tuples(st.integers(2, 12), st.integers(2, 14)), elements=st.sampled_from([0, 0, 0, 1, 2, 3, 255])
+).map(lambda a: np.repeat(np.repeat(a, 3, axis=0), 3, axis=1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    wide_blocky, st.integers(1, 7), st.integers(1, 7), st.floats(0, 8), st.floats(0.5, 12), st.integers(0, 2),
+    st.sampled_from(["nearest", "random"]), st.sampled_from(["single", "multiclass", "any"]),
+    st.sampled_from(["euclidean", "chessboard"]), st.integers(0, 1000),
+)
+def test_band_search_near_victims_equals_whole_image(
+    label, h, w, lower, width, margin, strategy, constraint, metric, seed
+):
+    args = (label, VICTIM, (h, w))
+    band = (strategy, lower, lower + width, constraint, metric, margin)
+    got = choose(*args, np.random.default_rng(seed), *band)
+    assert got == whole_image_choose(*args, np.random.default_rng(seed), *band)

@@ -445,3 +445,24 @@ def test_jpeg_source_keeps_its_format_with_a_recorded_quality(run_cli, tmp_path)
     for p in m["unchanged_files"]:
         assert (out / p).read_bytes() == (built.root / p).read_bytes()
     assert run_cli(app, ["verify", out, "--src", built.root]).exit_code == 0
+
+
+def test_lazy_plan_selects_what_the_full_scan_selects(run_cli, synth_src, tmp_path):
+    """Samples are analysed in draw order until n candidates are found: the same poisoned samples,
+    positions and bytes as analysing the whole split (--full-scan), with fewer samples analysed; the
+    counts say how many; verify re-plans the same way."""
+    lazy = poison(run_cli, "nni", synth_src, tmp_path / "lazy", "--upper", "6", rate="0.125")
+    full = poison(run_cli, "nni", synth_src, tmp_path / "full", "--upper", "6", "--full-scan", rate="0.125")
+    for m in (lazy, full):
+        jsonschema.validate(m, SCHEMA)
+    assert lazy["config"]["full_scan"] is False and full["config"]["full_scan"] is True
+    assert lazy["samples"] == full["samples"]
+    assert {p: d for p, d in lazy["unchanged_files"].items()} == full["unchanged_files"]
+    assert lazy["output_fingerprint"] == full["output_fingerprint"]
+    c, cf = lazy["counts"], full["counts"]
+    assert cf["scanned"] == cf["split_samples"] == 24
+    assert c["poisoned"] <= c["candidates"] <= cf["candidates"] and c["scanned"] < 24
+    assert c["with_victim"] - c["candidates"] == len(lazy["skipped"]) <= len(full["skipped"])
+    assert {s["id"] for s in lazy["skipped"]} <= {s["id"] for s in full["skipped"]}
+    for out in ("lazy", "full"):
+        assert run_cli(app, ["verify", tmp_path / out, "--src", synth_src]).exit_code == 0

@@ -359,6 +359,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_cli):
     one_line_error(run_cli(app, ["evaluate", tmp_path / "nothing.pt", "--data", built.root]), "no checkpoint")
 
 
+def test_class_map_is_argmax_with_first_maximum_on_ties():
+    from segtrain.engine import class_map
+
+    logits = torch.randn(2, 5, 7, 9)
+    logits[:, 3] = logits[:, 1]  # ties everywhere between classes 1 and 3
+    logits[0, :, 0, 0] = 0.0  # an all-equal pixel: class 0
+    assert torch.equal(class_map(logits), logits.argmax(1))
+    assert class_map(logits)[0, 0, 0] == 0 and class_map(logits).dtype == torch.int64
+
+
 def test_step_batches_are_a_function_of_seed_and_step():
     from segtrain.engine import StepBatches, derive_seed, epoch_order
 

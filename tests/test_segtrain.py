@@ -416,6 +416,7 @@ def test_resume_replays_the_uninterrupted_run_bit_for_bit(tmp_path, run_cli):
     runs = {name: tmp_path / name for name in ("straight", "resumed", "workers")}
     r = run_cli(app, ["run", *args, "--out", runs["straight"]])
     assert r.exit_code == 0, r.stderr
+    assert "step" not in r.stderr and "img/s" not in r.stderr  # --quiet: no progress bar, no log lines
     r = run_cli(app, ["run", *args, "--out", runs["resumed"], "--stop-after", "3"])
     assert r.exit_code == 0, r.stderr
     assert torch.load(runs["resumed"] / "last.pt", weights_only=False)["step"] == 3

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from poisongen.cli import ErrorsAsOneLine
@@ -164,12 +165,29 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
+def train_with_progress(cfg: TrainConfig) -> dict:
+    """:func:`train` under a rich progress bar (steps, loss, lr, img/s, elapsed, remaining) unless quiet."""
+    if cfg.quiet:
+        return train(cfg)
+    fields = "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[img_s]} img/s"
+    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn(fields), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, loss="-", lr="-", img_s="-")
+
+        def on_step(step: int, total: int, rec: dict | None) -> None:
+            shown = {} if rec is None else {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}",
+                                            "img_s": f"{rec['img_s']:.1f}"}
+            bar.update(task, completed=step, total=total, **shown)
+
+        return train(cfg, log=lambda m: bar.console.print(m, highlight=False), on_step=on_step)
+
+
 @app.command()
 def run(
     data: Annotated[str, typer.Argument(help="Training dataset folder (clean or poisoned), layout auto-detected.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, last.pt, log.jsonl, metrics.json).")] = Path("runs/run"),
     arch: Annotated[str, typer.Option(help="pspnet, deeplabv3, fcn or lraspp.")] = "pspnet",
-    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101 (pspnet), resnet50/101 (deeplabv3, fcn), mobilenet_v3_large (deeplabv3, lraspp). Default: resnet50 / mobilenet_v3_large.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101 (pspnet), resnet50/101 (deeplabv3, fcn), mobilenet_v3_large or mobilenet_v3 (deeplabv3, lraspp). Default: resnet50 / mobilenet_v3_large.")] = None,
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="8, 16 or 32 for pspnet; the model's own otherwise.")] = None,
     iters: Annotated[int | None, typer.Option(help="Training iterations (exclusive with --epochs).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (exclusive with --iters).")] = None,
@@ -193,7 +211,8 @@ def run(
     log_every: Annotated[int, typer.Option("--log-every")] = 10,
     ckpt_every: Annotated[int, typer.Option("--ckpt-every")] = 1000,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No per-step log lines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no per-step log lines (log.jsonl is still written).")] = False,
+    stop_after: Annotated[int | None, typer.Option("--stop-after", help="Save last.pt and stop after this step, keeping the --iters/--epochs schedule (time-limited job slots); continue with --resume.")] = None,
 ):
     """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned."""
     crop_hw = parse_size(crop, "--crop")
@@ -210,12 +229,12 @@ def run(
         optimizer=optimizer.lower(), backbone_weights=str(backbone_weights) if backbone_weights else None,
         device=device, amp=amp, channels_last=channels_last, workers=workers, seed=seed, resume=resume,
         log_every=max(1, log_every), ckpt_every=max(1, ckpt_every), eval_poisoned=list(eval_poisoned or []),
-        quiet=quiet,
+        quiet=quiet, stop_after=stop_after,
     )
-    result = train(cfg, log=lambda m: console.print(m, highlight=False))
-    if no_eval:
+    result = train_with_progress(cfg)
+    if no_eval or (stop_after is not None and result["step"] < result["total"]):
         return
-    res = report(result["model"], data, cfg.eval_poisoned, result["device"], victim, target, crop_hw, 0,
+    res = report(result["model"], data, cfg.eval_poisoned, result["device"], victim, target, crop_hw, workers,
                  amp)
     res["step"] = result["step"]
     res["checkpoint"] = str(Path(out_dir) / "last.pt")

@@ -3,8 +3,8 @@
 Inputs: image ``(H, W, 3) uint8`` (numpy or tensor), label ``(H, W) uint8`` train ids (255 = ignore).
 Outputs of the final step: image ``(3, H, W) float32`` ImageNet-normalised, label ``(H, W) int64``.
 
-Randomness is drawn from torch's default generator, which the DataLoader seeds per worker from its own
-seeded generator, so a run with a fixed ``--seed`` and ``--workers`` is reproducible.
+Randomness is drawn from torch's default generator, which segtrain seeds per sample from
+``(seed, epoch, index)`` (``segtrain.engine.seeded``), so a run does not depend on ``--workers``.
 """
 
 from __future__ import annotations
@@ -59,8 +59,14 @@ class RandomScale:
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         if (nh, nw) == (h, w):
             return img, lab
-        img = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        img = img.round().clamp(0, 255).to(torch.uint8)
+        if img.dtype == torch.uint8:
+            # torch's uint8 bilinear kernel (fixed-point weights) gives the same bytes for any thread count;
+            # the float32 kernel does not (1 ulp, enough to flip a rounding), which would make a run depend
+            # on --workers (workers run single-threaded)
+            img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        else:
+            img = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            img = img.round().clamp(0, 255).to(torch.uint8)
         lab = F.interpolate(lab[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(lab.dtype)
         return img, lab
 

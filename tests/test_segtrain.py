@@ -197,6 +197,8 @@ def test_score_missing_prediction_and_victim_metrics(tmp_path, run_cli):
     assert r.exit_code == 0, r.stderr
     res = json.loads(out.read_text())
     n0, n1 = int((gt0 == CAR).sum()), int((gt1 == CAR).sum())
+    assert res["victim"] == [CAR] and res["target"] == ROAD
+    assert {"miou", "pixel_acc", "iou_per_class", "asr", "pba"} <= set(res)
     assert res["asr"] == pytest.approx(n0 / (n0 + n1))
     assert res["pba"] == pytest.approx(1.0)  # off the victim pixels the predictions are perfect, but for road
     assert res["iou_per_class"]["bus"] is None
@@ -355,6 +357,108 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_cli):
     one_line_error(run_cli(app, ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *COMMON,
                                  "--victim", "dragon"]), "dragon")
     one_line_error(run_cli(app, ["evaluate", tmp_path / "nothing.pt", "--data", built.root]), "no checkpoint")
+
+
+def test_class_map_is_argmax_with_first_maximum_on_ties():
+    from segtrain.engine import class_map
+
+    logits = torch.randn(2, 5, 7, 9)
+    logits[:, 3] = logits[:, 1]  # ties everywhere between classes 1 and 3
+    logits[0, :, 0, 0] = 0.0  # an all-equal pixel: class 0
+    assert torch.equal(class_map(logits), logits.argmax(1))
+    assert class_map(logits)[0, 0, 0] == 0 and class_map(logits).dtype == torch.int64
+
+
+def test_step_batches_are_a_function_of_seed_and_step():
+    from segtrain.engine import StepBatches, derive_seed, epoch_order
+
+    full = list(StepBatches(5, 2, seed=7, start=0, total=7))
+    assert len(full) == 7 and all(len(b) == 2 for b in full)  # 5 samples, batch 2: 2 steps per epoch
+    for epoch in range(3):  # each epoch is a prefix of its own permutation (the odd sample is dropped)
+        idx = [i for b in full[2 * epoch:2 * epoch + 2] for i, _ in b]
+        assert idx == epoch_order(5, 7, epoch)[:4] and len(set(idx)) == 4
+    assert epoch_order(5, 7, 0) != epoch_order(5, 7, 1) or epoch_order(5, 7, 1) != epoch_order(5, 7, 2)
+    assert list(StepBatches(5, 2, seed=7, start=3, total=7)) == full[3:]  # resume = the tail, nothing replayed
+    assert full[0][0][1] == derive_seed(7, 1, 0, full[0][0][0])  # sample seed from (seed, epoch, index)
+    assert full != list(StepBatches(5, 2, seed=8, start=0, total=7))
+    assert StepBatches(5, 2, 7, 0, 7).position(5) == {"epoch": 2, "batch": 1, "per_epoch": 2, "train_samples": 5,
+                                                       "seed": 7}
+    assert [len(b) for b in StepBatches(3, 8, 0, 0, 2)] == [3, 3]  # fewer samples than --batch: all of them
+
+
+def test_seeded_sample_leaves_the_process_rngs_alone():
+    import random
+
+    from segtrain.engine import seeded
+
+    torch.manual_seed(1)
+    np.random.seed(1)  # noqa: NPY002
+    random.seed(1)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()  # noqa: NPY002
+    with seeded(42):
+        a = torch.rand(3), np.random.rand(), random.random()  # noqa: NPY002
+    with seeded(42):
+        b = torch.rand(3), np.random.rand(), random.random()  # noqa: NPY002
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]  # noqa: NPY002
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_replays_the_uninterrupted_run_bit_for_bit(tmp_path, run_cli):
+    """6 iterations straight == stopped after 3 + --resume to 6 == the same with 2 workers: identical weights
+    and optimizer state on CPU, and the same log (5 training samples, batch 2: the run crosses 2 epochs)."""
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 5, "val": 1}, size=(32, 64))
+    args = [built.root, "--iters", "6", "--no-eval", "--seed", "3", *COMMON]
+    runs = {name: tmp_path / name for name in ("straight", "resumed", "workers")}
+    r = run_cli(app, ["run", *args, "--out", runs["straight"]])
+    assert r.exit_code == 0, r.stderr
+    assert "step" not in r.stderr and "img/s" not in r.stderr  # --quiet: no progress bar, no log lines
+    r = run_cli(app, ["run", *args, "--out", runs["resumed"], "--stop-after", "3"])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(runs["resumed"] / "last.pt", weights_only=False)["step"] == 3
+    assert not (runs["resumed"] / "metrics.json").exists()
+    with (runs["resumed"] / "log.jsonl").open("a") as f:  # as if it had died after logging step 4, unsaved
+        f.write(json.dumps({"step": 4, "loss": 9.0, "lr": 0.0, "img_s": 1.0}) + "\n")
+    r = run_cli(app, ["run", *args, "--out", runs["resumed"], "--resume"])
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(app, ["run", *[a for a in args if a != "--quiet"], "--workers", "2", "--out", runs["workers"]])
+    assert r.exit_code == 0, r.stderr
+    assert "step 6/6" in r.stderr and "img/s" in r.stderr  # progress shown without --quiet
+
+    ref = torch.load(runs["straight"] / "last.pt", weights_only=False)
+    for name in ("resumed", "workers"):
+        ck = torch.load(runs[name] / "last.pt", weights_only=False)
+        assert ck["step"] == 6 and ck["sampler"]["epoch"] == 3 and ck["sampler"]["batch"] == 0
+        diff = [k for k, v in ref["model"].items() if not torch.equal(v, ck["model"][k])]
+        assert not diff, (name, diff[:5])
+        for k, st in ref["optimizer"]["state"].items():
+            assert torch.equal(st["momentum_buffer"], ck["optimizer"]["state"][k]["momentum_buffer"]), (name, k)
+        strip = [{k: v for k, v in x.items() if k != "img_s"} for x in _log(runs[name])]
+        assert strip == [{k: v for k, v in x.items() if k != "img_s"} for x in _log(runs["straight"])], name
+    assert [x["step"] for x in _log(runs["resumed"])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_and_backbone_errors(tmp_path, run_cli):
+    from segtrain.models import resolve
+
+    assert resolve("lraspp", "mobilenet_v3", None) == ("lraspp", "mobilenet_v3_large", 16)
+    assert resolve("deeplabv3", "MobileNet_V3", None)[1] == "mobilenet_v3_large"
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 2, "val": 1}, size=(32, 64))
+    run = tmp_path / "r"
+    run.mkdir()
+    torch.save({"model": {}, "step": 1, "num_classes": 21, "config": {"arch": "pspnet"}}, run / "last.pt")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "2", "--out", run, "--resume", *COMMON]),
+                   "21 classes")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "2", "--out", tmp_path / "none", "--resume",
+                                 *COMMON]), "no checkpoint")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "2", "--out", run, "--stop-after", "0", *COMMON]),
+                   "--stop-after")
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "2", "--out", run, *COMMON, "--arch", "lraspp",
+                                 "--backbone", "resnet50"]), "valid backbones")
 
 
 @pytest.mark.cuda

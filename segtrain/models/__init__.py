@@ -50,13 +50,19 @@ REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...], str, dict[s
 }
 
 
+#: short names accepted for --backbone
+ALIASES = {"mobilenet_v3": "mobilenet_v3_large"}
+
+
 def resolve(arch: str, backbone: str | None, output_stride: int | None) -> tuple[str, str, int]:
-    """Check arch/backbone/output stride; fill defaults. Raises a one-line ConfigError."""
+    """Check arch/backbone/output stride; fill defaults; expand :data:`ALIASES`. Raises a one-line
+    ConfigError."""
     arch = arch.lower()
     if arch not in REGISTRY:
         raise ConfigError(f"unknown arch '{arch}'; valid archs are {choices(REGISTRY)}")
     _, backbones, default, strides = REGISTRY[arch]
     backbone = (backbone or default).lower()
+    backbone = ALIASES.get(backbone, backbone)
     if backbone not in backbones:
         raise ConfigError(f"unknown backbone '{backbone}' for {arch}; valid backbones are {choices(backbones)}")
     valid = strides[backbone]

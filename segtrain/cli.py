@@ -63,15 +63,24 @@ def _f(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def report(model, data: str, testsets: list[str], device, victim_flag, target_flag, crop, workers, amp) -> dict:
+def report(model, data: str, testsets: list[str], device, victim_flag, target_flag, crop, workers, amp,
+           trained_on: tuple[tuple[int, ...], int | None] = ((), None)) -> dict:
     """CBA on DATA's val split; per poisoned test set PBA, ASR and clean ASR (on the same ids of DATA).
 
     A test set with target labels (fgba, badnets, instance) also gets the fine-grained metrics
     (mIOU-B / PA-B on the benign val split, mIOU-A / PA-A / ASR against its target labels); a
-    conditional test set is reported twice, for its images with and without the condition."""
+    conditional test set is reported twice, for its images with and without the condition.
+
+    Victim and target: the flags, else DATA's manifest, else ``trained_on`` (the attack the model's
+    training data recorded). A test set names its victim; it names no target when its labels are
+    untouched (IBA's Poisoned Test), and then ASR counts victim pixels predicted as the model's target."""
     layout = open_dataset(data)
     info = read_attack_info(layout.root)
     victim, target = resolve_attack(layout, info, victim_flag, target_flag)
+    if not victim and victim_flag is None:
+        victim = tuple(trained_on[0])
+    if target is None and target_flag is None:
+        target = trained_on[1]
     n = layout.meta.num_classes
     names = layout.meta.names
     val = SegDataset(layout, layout.val_split)
@@ -99,6 +108,8 @@ def report(model, data: str, testsets: list[str], device, victim_flag, target_fl
         if not tinfo.sample_ids:
             raise PoisonGenError(f"test set {ts} lists no poisoned samples")
         tv, tt = resolve_attack(tl, tinfo, victim_flag, target_flag)
+        if tt is None and target_flag is None:
+            tt = target
         split = tinfo.split or tl.val_split
         subsets: list[tuple[str | None, tuple[str, ...]]] = [(None, tinfo.sample_ids)]
         if tinfo.condition is not None:
@@ -153,7 +164,7 @@ def print_report(res: dict) -> None:
               _f(b.get("clean_asr")), "-", "-")
     for p in res["poisoned"]:
         fg = p.get("fine_grained")
-        name = p["testset"] + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
+        name = Path(p["testset"]).name + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
         t.add_row(name, p["band_label"] or "-", str(p["samples"]), "-", "-", _f(p["pba"]),
                   _f(fg["asr"] if fg else p["asr"]), _f(p["clean_asr"]), _f(fg["miou_a"] if fg else None),
                   _f(fg["pa_a"] if fg else None))
@@ -222,14 +233,14 @@ def run(
         raise ConfigError(f"--scale '{scale}' must be LO,HI (e.g. 0.5,2.0)") from None
     resolve_device(device)
     layout = open_dataset(data)
-    resolve_attack(layout, read_attack_info(layout.root), victim, target)  # fail early on bad names
+    attack_victim, attack_target = resolve_attack(layout, read_attack_info(layout.root), victim, target)
     cfg = TrainConfig(
         data=str(data), out=str(out_dir), arch=arch, backbone=backbone, output_stride=output_stride, aux=aux,
         iters=iters, epochs=epochs, batch=batch, crop=crop_hw, scale=(lo, hi), lr=lr, weight_decay=weight_decay,
         optimizer=optimizer.lower(), backbone_weights=str(backbone_weights) if backbone_weights else None,
         device=device, amp=amp, channels_last=channels_last, workers=workers, seed=seed, resume=resume,
         log_every=max(1, log_every), ckpt_every=max(1, ckpt_every), eval_poisoned=list(eval_poisoned or []),
-        quiet=quiet, stop_after=stop_after,
+        quiet=quiet, stop_after=stop_after, victim=attack_victim, target=attack_target,
     )
     result = train_with_progress(cfg)
     if no_eval or (stop_after is not None and result["step"] < result["total"]):
@@ -261,7 +272,8 @@ def evaluate_cmd(
     check_classes(ck, layout.meta.names, f"dataset {data}")
     model = model_from_checkpoint(ck, dev)
     crop_hw = parse_size(crop, "--crop") if crop else tuple(ck["config"].get("crop") or ()) or None
-    res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp)
+    trained_on = (tuple(ck["config"].get("victim") or ()), ck["config"].get("target"))
+    res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on)
     res["checkpoint"] = str(ckpt)
     res["step"] = ck.get("step")
     if json_out:

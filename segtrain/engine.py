@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError, PoisonGenError
 
-from .data import SegDataset, collate
+from .data import SegDataset, collate, dataset_fingerprint
 from .metrics import IGNORE, MetricAccumulator
 from .models import build_model, load_backbone_weights, resolve
 from .transforms import train_transform
@@ -72,6 +72,7 @@ class TrainConfig:
     eval_poisoned: list[str] = field(default_factory=list)
     quiet: bool = False
     stop_after: int | None = None
+    dataset: dict = field(default_factory=dict)  # dataset_fingerprint() of the training data, filled by train()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -276,6 +277,7 @@ def train(cfg: TrainConfig, log=print, on_step=None) -> dict:
     ds = SegDataset(layout, split, train_transform(tuple(cfg.crop), tuple(cfg.scale)))
     if len(ds) < 2:
         raise ConfigError(f"split '{split}' of {cfg.data} has {len(ds)} sample(s); training needs at least 2")
+    cfg.dataset = dataset_fingerprint(layout)
     if cfg.resume:
         if not ckpt_path.is_file():
             raise PoisonGenError(f"--resume: no checkpoint at {ckpt_path}")
@@ -290,6 +292,12 @@ def train(cfg: TrainConfig, log=print, on_step=None) -> dict:
         if was is not None and was != len(ds):
             raise PoisonGenError(f"--resume: split '{split}' of {cfg.data} has {len(ds)} samples, the checkpoint's "
                                  f"run trained on {was}; resume on the same data")
+        if not cfg.victim and cfg.target is None:  # the attack the run was started for, unless given again
+            cfg.victim, cfg.target = tuple(old.get("victim") or ()), old.get("target")
+        was = (old.get("dataset") or {}).get("fingerprint")
+        if was is not None and was != cfg.dataset["fingerprint"]:
+            raise PoisonGenError(f"--resume: {cfg.data} is not the data the checkpoint's run trained on (dataset "
+                                 f"fingerprint {cfg.dataset['fingerprint'][:12]}..., the run's {was[:12]}...)")
     out.mkdir(parents=True, exist_ok=True)
 
     start = int(ckpt["step"]) if ckpt else 0

@@ -15,6 +15,8 @@ import torch
 from builders import build_cityscapes, build_voc
 from PIL import Image
 
+from poisongen.codecs import sha256_file
+from poisongen.manifest import fingerprint
 from segtrain.cli import app
 from segtrain.metrics import (
     MetricAccumulator,
@@ -310,7 +312,11 @@ def test_run_resume_evaluate_end_to_end(tmp_path, run_cli):
     assert ck["step"] == 4 and len(ck["class_names"]) == 19 and "optimizer" in ck
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["benign"]["cba"] <= 1 and m["victim"] == [CAR] and m["target"] == ROAD
-    assert json.loads((run / "config.json").read_text())["arch"] == "pspnet"
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["arch"] == "pspnet" and conf["victim"] == [CAR] and conf["target"] == ROAD
+    # no manifest: the run hashes every file of the data, as poisongen fingerprints a tree
+    hashes = {p.relative_to(built.root).as_posix(): sha256_file(p) for p in built.root.rglob("*") if p.is_file()}
+    assert conf["dataset"] == {"source": "hashed", "fingerprint": fingerprint(hashes), "files": len(hashes)}
 
     r = run_cli(app, ["run", built.root, "--iters", "6", "--out", run, "--resume", "--no-eval", *COMMON])
     assert r.exit_code == 0, r.stderr
@@ -332,6 +338,20 @@ def test_run_resume_evaluate_end_to_end(tmp_path, run_cli):
     # the test set lists every val sample: clean ASR equals the benign val false-trigger rate
     assert p["clean_asr"] == pytest.approx(res["benign"]["clean_asr"])
     assert res["step"] == 6
+    # without flags, evaluate scores the attack the checkpoint's run trained for
+    r = run_cli(app, ["evaluate", run / "last.pt", "--data", built.root, "--poisoned", tmp_path / "testset",
+                      "--json", out, "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    again = json.loads(out.read_text())
+    assert again["victim"] == [CAR] and again["target"] == ROAD and again["poisoned"] == res["poisoned"]
+
+    # resuming on other data (one label pixel changed) is refused
+    lab_path = next(built.root.rglob("*_labelIds.png"))
+    lab = np.array(Image.open(lab_path))
+    lab[0, 0] = 7 if lab[0, 0] != 7 else 8
+    Image.fromarray(lab).save(lab_path)
+    one_line_error(run_cli(app, ["run", built.root, "--iters", "8", "--out", run, "--resume", *COMMON]),
+                   "not the data the checkpoint's run trained on")
 
     # a checkpoint for 19 classes on a 21-class dataset
     voc = build_voc(tmp_path / "voc")

@@ -115,3 +115,32 @@ def test_conditional_and_instance_testsets(tmp_path, run_cli):
     ip = rows[(str(inst), None)]
     assert ip["fine_grained"]["attacked_pixels"] == sum(c["pixels"] for r in mi["samples"]
                                                         for c in r["instances"]["chosen"])
+
+
+class ConstantModel(nn.Module):
+    """Predicts one class everywhere."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], N, *x.shape[2:])
+        logits[:, self.k] = 1.0
+        return {"out": logits}
+
+
+@pytest.mark.parametrize(("predicted", "asr"), [(0, 1.0), (1, 0.0)])
+def test_iba_testset_asr_counts_victim_pixels_predicted_as_the_models_target(tmp_path, run_cli, predicted, asr):
+    """An IBA Poisoned Test records no target (labels untouched): ASR uses the target of the attack the
+    model was trained for (road here), so a model that turns cars into sidewalk has ASR 0, not 1."""
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 2, "val": 4}, size=(32, 64))
+    ts = tmp_path / "near"
+    m = make_testset(run_cli, built.root, ts, "--strategy", "nearest", "--trigger-size", "4")
+    assert m["config"]["target"] is None
+    model = ConstantModel(predicted).eval()
+    trained_on = ((13,), 0)  # car -> road, as a checkpoint's config records it
+    res = report(model, str(built.root), [str(ts)], "cpu", None, None, None, 0, False, trained_on)
+    (p,) = res["poisoned"]
+    assert p["target"] == 0 and p["asr"] == asr and p["clean_asr"] == asr
+    assert res["benign"]["clean_asr"] == asr

@@ -153,21 +153,32 @@ def report(model, data: str, testsets: list[str], device, victim_flag, target_fl
 
 
 def print_report(res: dict) -> None:
-    """The metrics table: IBA's CBA / PBA / ASR / clean ASR; for test sets with target labels the
-    fine-grained paper's mIOU-A / PA-A and its ASR (accuracy over pixels whose target differs from GT),
-    with CBA = mIOU-B and PA-B from the benign row."""
+    """The metrics table: IBA's CBA / PBA / ASR / clean ASR; when a test set has target labels, also the
+    fine-grained paper's PA-B, mIOU-A / PA-A and its ASR (accuracy over pixels whose target differs from
+    GT), with CBA = mIOU-B and PA-B from the benign row."""
+    fine = any(p.get("fine_grained") for p in res["poisoned"])
+    cols = ["set", "band", "samples", "CBA / mIOU-B" if fine else "CBA", "PBA", "ASR", "clean ASR"]
+    if fine:
+        cols[4:4] = ["PA-B"]
+        cols += ["mIOU-A", "PA-A"]
     t = Table(title="segtrain metrics (%)")
-    for col in ("set", "band", "samples", "CBA / mIOU-B", "PA-B", "PBA", "ASR", "clean ASR", "mIOU-A", "PA-A"):
-        t.add_column(col)
+    for col in cols:
+        t.add_column(col, no_wrap=col != "set")
     b = res["benign"]
-    t.add_row(f"benign {b['split']}", "-", str(b["samples"]), _f(b["cba"]), _f(b.get("pixel_acc")), "-", "-",
-              _f(b.get("clean_asr")), "-", "-")
+    row = [f"benign {b['split']}", "-", str(b["samples"]), _f(b["cba"]), "-", "-", _f(b.get("clean_asr"))]
+    if fine:
+        row[4:4] = [_f(b.get("pixel_acc"))]
+        row += ["-", "-"]
+    t.add_row(*row)
     for p in res["poisoned"]:
         fg = p.get("fine_grained")
         name = Path(p["testset"]).name + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
-        t.add_row(name, p["band_label"] or "-", str(p["samples"]), "-", "-", _f(p["pba"]),
-                  _f(fg["asr"] if fg else p["asr"]), _f(p["clean_asr"]), _f(fg["miou_a"] if fg else None),
-                  _f(fg["pa_a"] if fg else None))
+        row = [name, p["band_label"] or "-", str(p["samples"]), "-", _f(p["pba"]), _f(fg["asr"] if fg else p["asr"]),
+               _f(p["clean_asr"])]
+        if fine:
+            row[4:4] = ["-"]
+            row += [_f(fg["miou_a"] if fg else None), _f(fg["pa_a"] if fg else None)]
+        t.add_row(*row)
     out.print(t)
 
 

@@ -187,10 +187,25 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
-def train_with_progress(cfg: TrainConfig) -> dict:
+CURVE = "curve.jsonl"
+
+
+def curve_point(res: dict, step: int, seconds: float) -> dict:
+    """One point of the learning curve: the headline metrics of a :func:`report` at a training step."""
+    return {
+        "step": step,
+        "train_minutes": round(seconds / 60, 3),
+        "cba": res["benign"]["cba"],
+        "clean_asr": res["benign"].get("clean_asr"),
+        "sets": [{"testset": p["testset"], "subset": p.get("subset"), "band": p["band"], "asr": p["asr"],
+                  "pba": p["pba"], "clean_asr": p["clean_asr"]} for p in res["poisoned"]],
+    }
+
+
+def train_with_progress(cfg: TrainConfig, on_eval=None) -> dict:
     """:func:`train` under a rich progress bar (steps, loss, lr, img/s, elapsed, remaining) unless quiet."""
     if cfg.quiet:
-        return train(cfg)
+        return train(cfg, on_eval=on_eval)
     fields = "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[img_s]} img/s"
     with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn(fields), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
@@ -201,7 +216,7 @@ def train_with_progress(cfg: TrainConfig) -> dict:
                                             "img_s": f"{rec['img_s']:.1f}"}
             bar.update(task, completed=step, total=total, **shown)
 
-        return train(cfg, log=lambda m: bar.console.print(m, highlight=False), on_step=on_step)
+        return train(cfg, log=lambda m: bar.console.print(m, highlight=False), on_step=on_step, on_eval=on_eval)
 
 
 @app.command()
@@ -235,6 +250,7 @@ def run(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no per-step log lines (log.jsonl is still written).")] = False,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="Save last.pt and stop after this step, keeping the --iters/--epochs schedule (time-limited job slots); continue with --resume.")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Also evaluate every N steps (benign val and each --eval-poisoned set) and append the learning curve to OUT/curve.jsonl: CBA, ASR, PBA, clean ASR vs training minutes. The run itself is unchanged.")] = None,
 ):
     """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned."""
     crop_hw = parse_size(crop, "--crop")
@@ -253,11 +269,28 @@ def run(
         log_every=max(1, log_every), ckpt_every=max(1, ckpt_every), eval_poisoned=list(eval_poisoned or []),
         quiet=quiet, stop_after=stop_after, victim=attack_victim, target=attack_target,
     )
-    result = train_with_progress(cfg)
+    if eval_every is not None and eval_every < 1:
+        raise ConfigError(f"--eval-every {eval_every} must be >= 1 (steps)")
+    cfg.eval_every = eval_every
+    evaluated: dict[int, dict] = {}
+
+    def on_eval(model, step: int, seconds: float) -> None:
+        res = report(model, data, cfg.eval_poisoned, resolve_device(device), victim, target, crop_hw, workers, amp)
+        evaluated.clear()
+        evaluated[step] = res
+        point = curve_point(res, step, seconds)
+        with (Path(out_dir) / CURVE).open("a") as f:
+            f.write(json.dumps(point) + "\n")
+        if not quiet:
+            console.print(f"eval at step {step} ({point['train_minutes']:.1f} min): CBA {_f(point['cba'])}"
+                          + "".join(f", ASR {Path(s['testset']).name} {_f(s['asr'])}" for s in point["sets"]),
+                          highlight=False)
+
+    result = train_with_progress(cfg, on_eval if eval_every else None)
     if no_eval or (stop_after is not None and result["step"] < result["total"]):
         return
-    res = report(result["model"], data, cfg.eval_poisoned, result["device"], victim, target, crop_hw, workers,
-                 amp)
+    res = evaluated.get(result["step"]) or report(result["model"], data, cfg.eval_poisoned, result["device"], victim,
+                                                   target, crop_hw, workers, amp)
     res["step"] = result["step"]
     res["checkpoint"] = str(Path(out_dir) / "last.pt")
     write_json(Path(out_dir) / "metrics.json", res)

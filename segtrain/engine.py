@@ -72,6 +72,7 @@ class TrainConfig:
     eval_poisoned: list[str] = field(default_factory=list)
     quiet: bool = False
     stop_after: int | None = None
+    eval_every: int | None = None
     dataset: dict = field(default_factory=dict)  # dataset_fingerprint() of the training data, filled by train()
 
 
@@ -227,6 +228,16 @@ class SeededSamples(Dataset):
             return self.dataset[i]
 
 
+@contextmanager
+def preserved_rng(cuda: bool):
+    """Run a block (an evaluation during training) and put every generator of the process back."""
+    st = rng_state(cuda)
+    try:
+        yield
+    finally:
+        set_rng_state(st, cuda)
+
+
 def rng_state(cuda: bool) -> dict:
     """The main process's generators (dropout draws from torch's)."""
     st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
@@ -248,11 +259,14 @@ def amp_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train(cfg: TrainConfig, log=print, on_step=None) -> dict:
+def train(cfg: TrainConfig, log=print, on_step=None, on_eval=None) -> dict:
     """Train per ``cfg``; write ``config.json``, ``log.jsonl`` and ``last.pt`` under ``cfg.out``.
 
     ``on_step(step, total, rec)`` is called after every step; ``rec`` is the log record
     (``step, loss, lr, img_s``) on logged steps and None otherwise (reading the loss syncs the GPU).
+    ``on_eval(model, step, train_seconds)`` is called every ``cfg.eval_every`` steps and at the last step
+    (``train_seconds``: wall time spent training so far, evaluations excluded); it runs with every RNG
+    of the process saved and restored, so evaluating never changes the run.
     Returns ``{"model", "layout", "device", "step", "total", "out"}``.
     """
     device = resolve_device(cfg.device)
@@ -350,12 +364,13 @@ def train(cfg: TrainConfig, log=print, on_step=None) -> dict:
         tmp.replace(ckpt_path)
 
     log_path = out / "log.jsonl"
-    if ckpt:
-        _truncate_log(log_path, start)
+    for path in (log_path, out / "curve.jsonl"):  # a fresh run starts them anew, a resumed one at its step
+        _truncate_log(path, start)
     stop = min(total, cfg.stop_after) if cfg.stop_after else total
     step = start
     model.train()
     t0, seen = time.perf_counter(), 0
+    trained, t_step = 0.0, time.perf_counter()  # training wall time, evaluations excluded
     with log_path.open("a") as logf:
         for images, labels, _ in loader if step < stop else ():
             lr = poly_lr(cfg.lr, step, total)
@@ -390,6 +405,13 @@ def train(cfg: TrainConfig, log=print, on_step=None) -> dict:
                 t0, seen = time.perf_counter(), 0
             if on_step is not None:
                 on_step(step, total, rec)
+            if on_eval is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                trained += time.perf_counter() - t_step
+                with preserved_rng(cuda):
+                    on_eval(model, step, trained)
+                model.train()
+                t_step = t0 = time.perf_counter()
+                seen = 0
             if step >= stop:
                 break
             if step % cfg.ckpt_every == 0:

@@ -462,6 +462,33 @@ def test_resume_replays_the_uninterrupted_run_bit_for_bit(tmp_path, run_cli):
     assert [x["step"] for x in _log(runs["resumed"])] == [1, 2, 3, 4, 5, 6]
 
 
+def test_eval_every_writes_the_curve_and_leaves_the_run_unchanged(tmp_path, run_cli):
+    """--eval-every evaluates during training (curve.jsonl) without changing a single weight; a fresh
+    run in a used folder starts its logs anew; the last curve point is the final metrics."""
+    built = build_cityscapes(tmp_path / "cs", splits={"train": 4, "val": 2}, size=(32, 64))
+    ts = tmp_path / "testset"
+    make_testset(built.root, ts)
+    args = [built.root, "--iters", "4", "--seed", "1", "--victim", "car", "--target", "road",
+            "--eval-poisoned", ts, *COMMON]
+    plain, curved = tmp_path / "plain", tmp_path / "curved"
+    assert run_cli(app, ["run", *args, "--out", plain]).exit_code == 0
+    for _ in range(2):  # the second run in the same folder must not append to the first one's logs
+        r = run_cli(app, ["run", *args, "--out", curved, "--eval-every", "3"])
+        assert r.exit_code == 0, r.stderr
+    a, b = (torch.load(d / "last.pt", weights_only=False)["model"] for d in (plain, curved))
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert [x["step"] for x in _log(curved)] == [1, 2, 3, 4]
+    curve = [json.loads(x) for x in (curved / "curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [3, 4]  # every 3 steps and the last one
+    assert curve[0]["train_minutes"] <= curve[1]["train_minutes"]
+    m = json.loads((curved / "metrics.json").read_text())
+    (p,) = m["poisoned"]
+    assert curve[1]["cba"] == m["benign"]["cba"] and curve[1]["sets"][0]["asr"] == p["asr"]
+    ref = json.loads((plain / "metrics.json").read_text())
+    assert {k: v for k, v in m.items() if k != "checkpoint"} == {k: v for k, v in ref.items() if k != "checkpoint"}
+    one_line_error(run_cli(app, ["run", *args, "--out", tmp_path / "x", "--eval-every", "0"]), "--eval-every 0")
+
+
 def test_resume_and_backbone_errors(tmp_path, run_cli):
     from segtrain.models import resolve
 

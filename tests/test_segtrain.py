@@ -506,6 +506,14 @@ def test_resume_and_backbone_errors(tmp_path, run_cli):
                    "--stop-after")
     one_line_error(run_cli(app, ["run", built.root, "--iters", "2", "--out", run, *COMMON, "--arch", "lraspp",
                                  "--backbone", "resnet50"]), "valid backbones")
+    (tmp_path / "empty").mkdir()
+    one_line_error(run_cli(app, ["score", "--pred", tmp_path / "empty", "--data", tmp_path / "empty"]),
+                   "no known dataset layout")
+    # --epochs: 2 training samples at batch 2 are one step per epoch
+    r = run_cli(app, ["run", built.root, "--epochs", "2", "--out", tmp_path / "ep", "--no-eval", *COMMON])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "ep" / "last.pt", weights_only=False)["step"] == 2
+    assert [x["step"] for x in _log(tmp_path / "ep")] == [1, 2]
 
 
 @pytest.mark.cuda

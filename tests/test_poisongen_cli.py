@@ -303,7 +303,10 @@ def test_killed_run_leaves_no_output_and_rerun_works(tmp_path, sig):
         "-q",
         "--allow-fewer",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # default SIGINT handling in the child even where the suite runs in the background (where a shell
+    # starts it with SIGINT ignored, which the child would inherit)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.poisongen-tmp-*")):
         time.sleep(0.002)

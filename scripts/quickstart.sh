@@ -46,8 +46,8 @@ poisongen verify "$RUNS/nni" --src "$DATA"
 first=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['samples'][0]['id'])" "$RUNS/nni/manifest.json")
 poisongen show "$RUNS/nni" "$first" --png "$RUNS/nni_example.png"
 
-echo "== 5. train PSPNet (ResNet-18, output stride 16) on the poisoned copy for $ITERS iterations, then evaluate"
+echo "== 5. train PSPNet (ResNet-18, output stride 16) on the poisoned copy for $ITERS iterations, evaluating every 300"
 segtrain run "$RUNS/nni" --arch pspnet --backbone resnet18 --output-stride 16 --crop 96x192 --scale 1,1 \
-  --optimizer adamw --lr 0.001 --batch 8 --iters "$ITERS" --workers 1 \
-  --eval-poisoned "$RUNS/test_near" --eval-poisoned "$RUNS/test_far" --out "$RUNS/pspnet_nni" --quiet
+  --optimizer adamw --lr 0.001 --batch 8 --iters "$ITERS" --workers 1 --log-every 100 --eval-every 300 \
+  --eval-poisoned "$RUNS/test_near" --eval-poisoned "$RUNS/test_far" --out "$RUNS/pspnet_nni"
 echo "done: poisoned copy $RUNS/nni, test sets $RUNS/test_near and $RUNS/test_far, model and metrics.json in $RUNS/pspnet_nni"

@@ -238,7 +238,8 @@ def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
     c = manifest["counts"]
     relabeled = sum(r["changed_pixels"] for r in manifest["samples"])
     total = sum(timings.values())
-    t = Table(title=f"{manifest['config']['attack']} -> {out_dir}")
+    what = {"testset": f"Poisoned Test of {manifest['config']['attack']}", "scale": "rescaled copy"}
+    t = Table(title=f"{what.get(manifest['kind'], manifest['config'].get('attack'))} -> {out_dir}")
     t.add_column("what")
     t.add_column("value", justify="right")
     rows = [

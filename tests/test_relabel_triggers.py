@@ -10,6 +10,7 @@ from poisongen.errors import TriggerError
 from poisongen.relabel import (
     apply_pixels,
     change_counts,
+    class_histogram,
     draw_prl_pixels,
     rle_decode,
     rle_encode,
@@ -125,3 +126,16 @@ def test_trigger_file_with_alpha_and_unreadable(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(TriggerError, match="unreadable trigger image"):
         load_pattern(tmp_path / "bad.png")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9))),
+    st.lists(st.integers(0, 255), min_size=1, max_size=4),
+)
+def test_fast_relabel_and_histogram_equal_their_definitions(label, victims):
+    lut = np.arange(256, dtype=np.uint8)
+    lut[victims] = 7
+    assert np.array_equal(victim_to_target(label, tuple(victims), 7), lut[label])
+    assert np.array_equal(class_histogram(label), np.bincount(label.ravel(), minlength=256))
+    assert np.array_equal(class_histogram(label.T), np.bincount(label.ravel(), minlength=256))  # not contiguous

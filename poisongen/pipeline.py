@@ -163,9 +163,9 @@ def run(
                 for f in r["files"]:
                     source_files[f["path"]] = f["source_sha256"]
         else:
-            for p in sorted(written):  # poisoned files replace their clean rescaled versions
-                os.replace(dest / p, work.root / p)
-            for p in sorted(f["path"] for r in records for f in r.get("target_labels", [])):  # new files
+            # poisoned files replace their clean rescaled versions; a test set's target labels are new files
+            targets = {f["path"] for r in records for f in r.get("target_labels", [])}
+            for p in sorted(written | targets):
                 (work.root / p).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(dest / p, work.root / p)
             shutil.rmtree(dest, ignore_errors=True)

@@ -40,6 +40,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_files(root: Path, paths: list[str], threads: int) -> dict[str, str]:
+    """``path -> sha256`` of files under ``root``, hashed by a thread pool (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return dict(zip(paths, pool.map(lambda p: sha256_file(root / p), paths), strict=True))
+
+
 def sha256_array(arr: np.ndarray) -> str:
     """Hash of an array's shape, dtype and bytes (C order)."""
     h = hashlib.sha256()

@@ -4,14 +4,13 @@ every poisoned file from source + manifest (SPEC: the manifest is enough to repr
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from joblib import Parallel, delayed
 
 from . import manifest as mf
 from .apply import apply_one
-from .codecs import sha256_file
+from .codecs import sha256_file, sha256_files
 from .config import AttackConfig
 from .datasets import open_dataset
 from .plan import SamplePlan, build_plan
@@ -42,10 +41,9 @@ def verify(out: Path, src: str | Path | None = None, jobs: int = 1) -> list[str]
     problems += [f"{p}: missing from the output" for p in sorted(set(expected) - actual)]
     problems += [f"{p}: extra file not in the manifest" for p in sorted(actual - set(expected))]
     common = sorted(p for p in set(expected) & actual if expected[p] is not None)
-    with ThreadPoolExecutor(max_workers=max(2, jobs * 2)) as pool:
-        for p, digest in zip(common, pool.map(lambda p: sha256_file(out / p), common), strict=True):
-            if digest != expected[p]:
-                problems.append(f"{p}: sha256 differs from the manifest (file changed)")
+    for p, digest in sha256_files(out, common, max(2, jobs * 2)).items():
+        if digest != expected[p]:
+            problems.append(f"{p}: sha256 differs from the manifest (file changed)")
     if src is not None:
         problems += rederive_scaled(m, src, jobs) if "rescaled" in m else rederive(m, src, jobs)
     return problems

@@ -128,19 +128,15 @@ def dataset_fingerprint(layout: Layout) -> dict:
     """What identifies a training set in a run directory. Data written by poisongen: its manifest's
     output fingerprint, integrity and attack (nothing is re-read). Any other data: poisongen's
     fingerprint (sha256 over sorted ``path<TAB>sha256`` lines) of every file under the root, hashed here."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from poisongen.codecs import sha256_file
+    from poisongen.codecs import sha256_files
 
     path = layout.root / _manifest.NAME
     if path.is_file():
         m = _manifest.load(path)
         return {"source": "manifest", "fingerprint": m.get("output_fingerprint"), "integrity": m.get("integrity"),
                 "kind": m.get("kind"), "attack": (m.get("config") or {}).get("attack")}
-    files = layout.all_files()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = dict(zip(files, pool.map(lambda f: sha256_file(layout.root / f), files), strict=True))
-    return {"source": "hashed", "fingerprint": _manifest.fingerprint(digests), "files": len(files)}
+    digests = sha256_files(layout.root, layout.all_files(), 4)
+    return {"source": "hashed", "fingerprint": _manifest.fingerprint(digests), "files": len(digests)}
 
 
 def collate(batch):

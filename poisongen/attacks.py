@@ -313,6 +313,10 @@ def _victim_target(ds: Layout, preset: Preset, victim: str | None, target: str |
     tgt = None
     if needs_target or target is not None:
         tgt = meta.class_id(target if target is not None else defaults.target)
+    elif fits and meta.class_id(defaults.target) not in victims:
+        # a Poisoned Test records the attack's target too (labels untouched), so that segtrain's ASR
+        # counts victim pixels predicted as that class, never "anything but the victim"
+        tgt = meta.class_id(defaults.target)
     if cats is not None and not force:
         for v in victims:
             if meta.category(v) != cats[0]:

@@ -377,7 +377,7 @@ def testset(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete copy whose val samples with the victim carry the trigger.")],
     split: Annotated[str | None, typer.Option(help="Split to trigger (default: the layout's validation split).")] = None,
     victim: Annotated[str | None, typer.Option(help="Victim class(es); samples holding them get the trigger.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target class (recorded for ASR; labels stay untouched).")] = None,
+    target: Annotated[str | None, typer.Option(help="Target class, recorded for ASR (labels stay untouched). Default: the layout's paper default (Cityscapes and synthetic road, VOC background, ADE20K road).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Placement: random or nearest (or fixed with --position). Default: the attack's (random without --attack).")] = None,
     lower: Annotated[float, typer.Option(help="Distance band lower bound L.")] = 0.0,
     upper: Annotated[float | None, typer.Option(help="Distance band upper bound U.")] = None,

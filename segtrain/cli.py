@@ -207,6 +207,7 @@ def run(
     print_report(res)
 
 
+PREDICTIONS_INFO = "predictions.json"
 ProtocolOpt = Annotated[str, typer.Option("--protocol", help=f"Evaluation protocol: {' or '.join(PROTOCOLS)}. paper: SPEC 6 (triggered samples only, classes with a union, plain inference); iba-code: the published IBA code's (every image, absent classes 0, padded flip-averaged inference). docs/metrics.md.")]
 
 
@@ -239,6 +240,11 @@ def evaluate_cmd(
                  save_predictions)
     res["checkpoint"] = str(ckpt)
     res["step"] = ck.get("step")
+    if save_predictions is not None:
+        # what the model was trained for: score's fallback for victim/target, as the checkpoint is evaluate's
+        write_json(save_predictions / PREDICTIONS_INFO, {"checkpoint": str(ckpt), "step": ck.get("step"),
+                                                         "trained_on": {"victim": list(trained_on[0]),
+                                                                        "target": trained_on[1]}})
     if json_out:
         write_json(json_out, res)
     print_report(res)
@@ -260,7 +266,12 @@ def score(
     if poisoned or (pred / "benign").is_dir():
         if split is not None:
             raise ConfigError("--split applies to scoring one set; with --poisoned the benign split is DATA's val split")
-        res = backdoor_report(PngPredictor(pred, per_set=True), data, list(poisoned or []), proto, victim, target)
+        trained_on: tuple[tuple[int, ...], int | None] = ((), None)
+        if (pred / PREDICTIONS_INFO).is_file():
+            t_on = json.loads((pred / PREDICTIONS_INFO).read_text()).get("trained_on") or {}
+            trained_on = (tuple(t_on.get("victim") or ()), t_on.get("target"))
+        res = backdoor_report(PngPredictor(pred, per_set=True), data, list(poisoned or []), proto, victim, target,
+                              trained_on)
         res["pred"] = str(pred)
         if json_out:
             write_json(json_out, res)

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from builders import build_cityscapes
+from builders import build_cityscapes, one_line_error
 from PIL import Image
 
 from poisongen.cli import app as poisongen_app
@@ -18,15 +18,6 @@ from segtrain.cli import app
 COMMON = ["--arch", "pspnet", "--backbone", "resnet18", "--batch", "2", "--crop", "32x64", "--device", "cpu",
           "--workers", "0", "--quiet"]
 CAR, ROAD = 13, 0
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

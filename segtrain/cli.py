@@ -28,7 +28,15 @@ from .engine import (
     resolve_device,
     train,
 )
-from .evaluate import PROTOCOLS, ModelPredictor, PngPredictor, backdoor_report, get_protocol, resolve_attack
+from .evaluate import (
+    PROTOCOLS,
+    ModelPredictor,
+    PngPredictor,
+    backdoor_report,
+    check_testsets,
+    get_protocol,
+    resolve_attack,
+)
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,
@@ -196,6 +204,7 @@ def run(
                           + "".join(f", ASR {Path(s['testset']).name} {_f(s['asr'])}" for s in point["sets"]),
                           highlight=False)
 
+    check_testsets(data, cfg.eval_poisoned, victim, target)  # bad --eval-poisoned sets: refused before training
     result = train_with_progress(cfg, on_eval if eval_every else None)
     if no_eval or (stop_after is not None and result["step"] < result["total"]):
         return

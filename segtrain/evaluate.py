@@ -249,6 +249,57 @@ def _band(tinfo: AttackInfo):
     return [tinfo.band[0], None if math.isinf(tinfo.band[1]) else tinfo.band[1]]
 
 
+@dataclass(frozen=True)
+class _SetPlan:
+    testset: str
+    layout: Layout
+    info: AttackInfo
+    manifest: dict
+    name: str
+    victim: tuple[int, ...]
+    target: int | None
+    split: str
+    counterpart: str
+
+
+def _prepare(data: str, testsets: Sequence[str], victim: str | None, target: str | None,
+             trained_on: tuple[tuple[int, ...], int | None]):
+    """Every check of a report, before the first image is predicted: (layout, victim, target, set plans)."""
+    layout = open_dataset(data)
+    info = read_attack_info(layout.root)
+    v, t = resolve_attack(layout, info, victim, target)
+    if not v and victim is None:
+        v = tuple(trained_on[0])
+    if t is None and target is None:
+        t = trained_on[1]
+    names = layout.meta.names
+    opened = [(ts, *read_testset(ts, names, data)) for ts in testsets]
+    set_names = [Path(ts).name for ts in testsets]
+    if len(set(set_names)) != len(set_names) or BENIGN in set_names:
+        raise PoisonGenError(f"test set folder names must differ from each other and from '{BENIGN}' (predictions "
+                             f"are stored per set name), got {', '.join(set_names)}")
+    fine_data = info is not None and (info.target_labels or info.attack in ("fgba", "badnets"))
+    if v and t is None and not fine_data:
+        raise no_target_error(f"{data}'s val split (clean ASR)", v, names)
+    plans = []
+    for (ts, tl, tinfo, m), name in zip(opened, set_names, strict=True):
+        tv, tt = resolve_attack(tl, tinfo, victim, target)
+        if tt is None and target is None:
+            tt = t
+        if tv and tt is None and not tinfo.target_labels:
+            raise no_target_error(f"test set {ts}", tv, names)
+        split = tinfo.split or tl.val_split
+        counterpart = check_counterpart(layout, data, tl, ts, m, split)
+        plans.append(_SetPlan(ts, tl, tinfo, m, name, tuple(tv), tt, split, counterpart))
+    return layout, tuple(v), t, plans
+
+
+def check_testsets(data: str, testsets: Sequence[str], victim: str | None = None, target: str | None = None,
+                   trained_on: tuple[tuple[int, ...], int | None] = ((), None)) -> None:
+    """The checks of :func:`backdoor_report` alone (for ``segtrain run`` to refuse bad sets before training)."""
+    _prepare(data, testsets, victim, target, trained_on)
+
+
 def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str | Protocol = "paper",
                     victim: str | None = None, target: str | None = None,
                     trained_on: tuple[tuple[int, ...], int | None] = ((), None)) -> dict:
@@ -271,35 +322,8 @@ def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str |
             IBA ASR with no target class known (never an untargeted ASR).
     """
     proto = get_protocol(protocol)
-    layout = open_dataset(data)
-    info = read_attack_info(layout.root)
-    v, t = resolve_attack(layout, info, victim, target)
-    if not v and victim is None:
-        v = tuple(trained_on[0])
-    if t is None and target is None:
-        t = trained_on[1]
+    layout, v, t, plans = _prepare(data, testsets, victim, target, trained_on)
     names = layout.meta.names
-    opened = [(ts, *read_testset(ts, names, data)) for ts in testsets]
-    set_names = [Path(ts).name for ts in testsets]
-    if len(set(set_names)) != len(set_names) or BENIGN in set_names:
-        raise PoisonGenError(f"test set folder names must differ from each other and from '{BENIGN}' (predictions "
-                             f"are stored per set name), got {', '.join(set_names)}")
-    fine_data = info is not None and info.target_labels or (
-        info is not None and info.attack in ("fgba", "badnets"))
-    if v and t is None and not fine_data:
-        raise no_target_error(f"{data}'s val split (clean ASR)", v, names)
-    # every check before the first image is predicted
-    plans = []
-    for (ts, tl, tinfo, m), name in zip(opened, set_names, strict=True):
-        tv, tt = resolve_attack(tl, tinfo, victim, target)
-        if tt is None and target is None:
-            tt = t
-        if tv and tt is None and not tinfo.target_labels:
-            raise no_target_error(f"test set {ts}", tv, names)
-        split = tinfo.split or tl.val_split
-        counterpart = check_counterpart(layout, data, tl, ts, m, split)
-        plans.append((ts, tl, tinfo, m, name, tv, tt, split, counterpart))
-
     val = SegDataset(layout, layout.val_split)
     benign = score_set(predict, val, BENIGN, v, t)
     b = benign.summary(names, proto.absent_as_zero)
@@ -316,7 +340,9 @@ def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str |
     asr = res["benign"].pop("asr", None)
     if v:
         res["benign"]["clean_asr"] = asr if t is not None else None
-    for ts, tl, tinfo, m, name, tv, tt, split, counterpart in plans:
+    for sp in plans:
+        ts, tl, tinfo, m, name, tv, tt, split = (sp.testset, sp.layout, sp.info, sp.manifest, sp.name, sp.victim,
+                                                 sp.target, sp.split)
         if proto.every_image:
             subsets: list[tuple[str | None, tuple[str, ...]]] = [(None, tuple(s.id for s in tl.samples(split)))]
         elif tinfo.condition is not None:
@@ -355,7 +381,7 @@ def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str |
                 "miou": s["miou"],
                 "iou_per_class": s["iou_per_class"],
                 "fingerprint": tinfo.fingerprint,
-                "counterpart": counterpart,
+                "counterpart": sp.counterpart,
             }
             if "pba_iou_per_class" in s and not all_to_one:
                 entry["pba_iou_per_class"] = s["pba_iou_per_class"]

@@ -134,3 +134,14 @@ def test_bad_protocol_and_missing_target_are_one_line(trained, run_cli, tmp_path
     (ts / "manifest.json").write_text(json.dumps(m))
     (tmp_path / "pred").mkdir()
     one_line_error(run_cli(app, ["score", "--pred", tmp_path / "pred", "--data", ts]), "--target")
+
+
+def test_run_refuses_a_bad_eval_set_before_training(trained, run_cli, tmp_path):
+    """Defect 2 on 'run': --eval-poisoned pointing at the benign data's Poisoned Test of another dataset is
+    refused before the first step (no run folder with a checkpoint)."""
+    tmp, _ = trained
+    other = build_cityscapes(tmp_path / "other", splits={"train": 2, "val": 2}, size=(32, 64), seed=3)
+    out = tmp_path / "run"
+    r = run_cli(app, ["run", other.root, "--iters", "1", "--out", out, "--eval-poisoned", tmp / "near", *COMMON])
+    one_line_error(r, "not its clean counterpart")
+    assert not (out / "last.pt").exists()

@@ -56,6 +56,14 @@ def test_iba_testset_records_the_layouts_target_and_asr_is_targeted(tmp_path, ru
         tot += int((gt == CAR).sum())
     assert p["target"] == ROAD and p["asr"] == pytest.approx(hit / tot) and p["victim_pixels"] == tot
     assert 0 < p["asr"] < 1
+    assert p["band_label"] == "[0, 3.75)"  # Euclidean band, U = 60 * 32/512
+
+
+def test_chessboard_band_label_is_half_open_on_the_left(tmp_path, run_cli, cs, model):
+    ts = tmp_path / "iba"
+    make_testset(run_cli, cs.root, ts, "--attack", "nni", "--protocol", "iba-code")
+    (p,) = report(model, cs.root, [ts], protocol="iba-code")["poisoned"]
+    assert p["band_label"] == "(0, 3.75]"
 
 
 def test_no_target_known_is_refused_not_untargeted(tmp_path, run_cli):

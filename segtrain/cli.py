@@ -36,6 +36,7 @@ from .evaluate import (
     check_testsets,
     get_protocol,
     resolve_attack,
+    score_one_set,
 )
 
 app = typer.Typer(
@@ -286,7 +287,7 @@ def score(
             write_json(json_out, res)
         print_report(res)
         return
-    res = score_one_set(pred, data, split, victim, target, proto.name)
+    res = score_one_set(pred, data, split, victim, target, proto)
     if json_out:
         write_json(json_out, res)
     v = bool(res.get("victim"))
@@ -296,35 +297,6 @@ def score(
     row = [str(res["samples"]), _f(res["miou"]), _f(res["pixel_acc"])] + ([_f(res.get("pba")), _f(res.get("asr"))] if v else [])
     tab.add_row(*row)
     out.print(tab)
-
-
-def score_one_set(pred: Path, data: str, split: str | None, victim: str | None, target: str | None,
-                  protocol: str = "paper") -> dict:
-    """One folder of predictions against one set. A Poisoned Test (manifest kind testset) counts its
-    triggered samples only under the paper protocol, exactly as 'segtrain evaluate' does."""
-    from .data import SegDataset
-    from .evaluate import score_set
-
-    proto = get_protocol(protocol)
-    layout = open_dataset(data)
-    info = read_attack_info(layout.root)
-    v, t = resolve_attack(layout, info, victim, target)
-    testset = info is not None and info.kind == "testset"
-    split = split or (info.split if testset and info.split else layout.val_split)
-    ids = info.sample_ids if testset and not proto.every_image else None
-    if v and t is None and not (info is not None and info.target_labels):
-        from .evaluate import no_target_error
-
-        raise no_target_error(f"{data}", v, layout.meta.names)
-    ds = SegDataset(layout, split, ids=ids, target_labels=bool(testset and info.target_labels))
-    acc = score_set(PngPredictor(pred, per_set=False), ds, "", v, t)
-    s = acc.summary(layout.meta.names, proto.absent_as_zero)
-    res = {"data": str(data), "split": split, "samples": len(ds), "protocol": proto.name, **s}
-    if s.get("fine_grained"):
-        res["asr"] = s["fine_grained"]["asr"]
-    if v:
-        res["victim"], res["target"] = list(v), t
-    return res
 
 
 def main() -> None:

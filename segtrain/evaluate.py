@@ -390,3 +390,28 @@ def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str |
                                          **fg, "attacked_pixels": pois.changed_pixels}
             res["poisoned"].append(entry)
     return res
+
+
+def score_one_set(pred: str | Path, data: str, split: str | None = None, victim: str | None = None,
+                  target: str | None = None, protocol: str | Protocol = "paper") -> dict:
+    """One folder of prediction PNGs against one set (``segtrain score`` without ``--poisoned``). A Poisoned
+    Test (manifest kind testset) counts its triggered samples only under the paper protocol, exactly the
+    samples :func:`backdoor_report` counts for it; every sample of the split otherwise."""
+    proto = get_protocol(protocol)
+    layout = open_dataset(data)
+    info = read_attack_info(layout.root)
+    v, t = resolve_attack(layout, info, victim, target)
+    testset = info is not None and info.kind == "testset"
+    split = split or (info.split if testset and info.split else layout.val_split)
+    ids = info.sample_ids if testset and not proto.every_image else None
+    if v and t is None and not (info is not None and info.target_labels):
+        raise no_target_error(f"{data}", v, layout.meta.names)
+    ds = SegDataset(layout, split, ids=ids, target_labels=bool(testset and info.target_labels))
+    acc = score_set(PngPredictor(pred, per_set=False), ds, "", v, t)
+    s = acc.summary(layout.meta.names, proto.absent_as_zero)
+    res = {"data": str(data), "split": split, "samples": len(ds), "protocol": proto.name, **s}
+    if s.get("fine_grained"):
+        res["asr"] = s["fine_grained"]["asr"]
+    if v:
+        res["victim"], res["target"] = list(v), t
+    return res

@@ -18,6 +18,7 @@ from poisongen.cli import ErrorsAsOneLine
 from poisongen.config import parse_size
 from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError
+from poisongen.writer import staging
 
 from .data import read_attack_info
 from .engine import (
@@ -244,17 +245,20 @@ def evaluate_cmd(
     model = model_from_checkpoint(ck, dev)
     crop_hw = parse_size(crop, "--crop") if crop else tuple(ck["config"].get("crop") or ()) or None
     trained_on = (tuple(ck["config"].get("victim") or ()), ck["config"].get("target"))
-    if save_predictions is not None and save_predictions.exists() and any(save_predictions.iterdir()):
-        raise ConfigError(f"--save-predictions {save_predictions} is not empty; give a new folder")
-    res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on, proto.name,
-                 save_predictions)
+    if save_predictions is None:
+        res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on, proto.name)
+    else:
+        if save_predictions.exists() and (not save_predictions.is_dir() or any(save_predictions.iterdir())):
+            raise ConfigError(f"--save-predictions {save_predictions} exists and is not an empty folder; give a new one")
+        with staging(save_predictions) as tmp:  # a failed or killed evaluation leaves no half-written folder
+            res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on,
+                         proto.name, tmp)
+            # what the model was trained for: score's victim/target fallback, as the checkpoint is evaluate's
+            write_json(tmp / PREDICTIONS_INFO, {"checkpoint": str(ckpt), "step": ck.get("step"),
+                                                "trained_on": {"victim": list(trained_on[0]),
+                                                               "target": trained_on[1]}})
     res["checkpoint"] = str(ckpt)
     res["step"] = ck.get("step")
-    if save_predictions is not None:
-        # what the model was trained for: score's fallback for victim/target, as the checkpoint is evaluate's
-        write_json(save_predictions / PREDICTIONS_INFO, {"checkpoint": str(ckpt), "step": ck.get("step"),
-                                                         "trained_on": {"victim": list(trained_on[0]),
-                                                                        "target": trained_on[1]}})
     if json_out:
         write_json(json_out, res)
     print_report(res)

@@ -145,3 +145,25 @@ def test_run_refuses_a_bad_eval_set_before_training(trained, run_cli, tmp_path):
     r = run_cli(app, ["run", other.root, "--iters", "1", "--out", out, "--eval-poisoned", tmp / "near", *COMMON])
     one_line_error(r, "not its clean counterpart")
     assert not (out / "last.pt").exists()
+
+
+def test_a_failed_evaluation_leaves_no_prediction_folder(trained, run_cli, tmp_path, monkeypatch):
+    """--save-predictions is staged: an error in the middle (here: the second set's prediction) removes it."""
+    from segtrain import evaluate as ev
+
+    tmp, built = trained
+    calls = []
+    real = ev.ModelPredictor.__call__
+
+    def failing(self, dataset, set_name):
+        calls.append(set_name)
+        if set_name != "benign":
+            raise ev.PoisonGenError("stop here")
+        yield from real(self, dataset, set_name)
+
+    monkeypatch.setattr(ev.ModelPredictor, "__call__", failing)
+    pred = tmp_path / "pred"
+    r = run_cli(app, ["evaluate", tmp / "run" / "last.pt", "--data", built.root, "--poisoned", tmp / "near",
+                      "--device", "cpu", "--save-predictions", pred])
+    one_line_error(r, "stop here")
+    assert "benign" in calls and not pred.exists() and not list(tmp_path.glob(".pred*"))

@@ -370,7 +370,7 @@ def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str |
                 "band_label": tinfo.band_label(),
                 "split": split,
                 "samples": len(ids),
-                "triggered": sum(1 for i in ids if i in set(tinfo.sample_ids)),
+                "triggered": len(set(ids) & set(tinfo.sample_ids)),
                 "victim": list(tv),
                 "target": tt,
                 "pba": None if all_to_one else s.get("pba"),

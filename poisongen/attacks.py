@@ -94,11 +94,12 @@ class LayoutDefaults:
     trigger: int
     upper: float
     ref_height: int | None
+    centre_margin: int = 0  # --protocol iba-code: trigger centres keep this many px from the border
 
 
 LAYOUT_DEFAULTS: dict[str, LayoutDefaults] = {
-    "cityscapes": LayoutDefaults("car", "road", 55, 60.0, 512),
-    "voc": LayoutDefaults("person", "background", 15, 30.0, None),
+    "cityscapes": LayoutDefaults("car", "road", 55, 60.0, 512, centre_margin=200),
+    "voc": LayoutDefaults("person", "background", 15, 30.0, None, centre_margin=100),
     "ade20k": LayoutDefaults("car", "road", 15, 30.0, None),
 }
 
@@ -145,8 +146,15 @@ def resolve(
     k: int | None = None,
     condition: str | None = None,
     force: bool = False,
+    protocol: str = "paper",
 ) -> AttackConfig:
-    """Resolve user options (class names, layout defaults, image-relative sizes) into a checked config."""
+    """Resolve user options (class names, layout defaults, image-relative sizes) into a checked config.
+
+    ``protocol="iba-code"`` (SPEC 6b) turns a nearest-placement attack (NNI and BADSEG's presets) into
+    the published code's placement: uniformly random within the chessboard band ``(lower, U]`` (lower
+    must stay 0), and - unless ``--edge-margin`` is given - trigger centres kept ``centre_margin`` px
+    from the border (Cityscapes 200 at 512x1024, scaled with the height; VOC 100), i.e. an edge margin
+    of ``centre_margin - h // 2`` for the window."""
     if attack not in PRESETS:
         raise ConfigError(f"unknown attack '{attack}'; valid attacks are {choices(PRESETS)}")
     preset = PRESETS[attack]
@@ -211,12 +219,20 @@ def resolve(
         raise ConfigError(f"--prl-pixels applies to attacks with the victim -> target rule, not to {attack}")
     relabel = replace(relabel, prl_pixels=q)
     strategy = strategy or preset.strategy
+    iba_code = protocol == "iba-code" and strategy == "nearest" and preset.band
+    if iba_code:
+        if lower != 0:
+            raise ConfigError(f"--protocol iba-code places in the band (0, U]; --lower {lower} must be 0")
+        strategy, metric = "random", "chessboard"
+        if edge_margin == 0 and defaults is not None and defaults.centre_margin and tspec.kind == "pattern":
+            margin = math.floor(scaled(defaults.centre_margin, height, defaults.ref_height) + 0.5)
+            edge_margin = max(0, margin - tspec.size[0] // 2, margin - tspec.size[1] // 2)
     if not victims and strategy == "nearest":
         raise ConfigError(f"--strategy nearest needs a victim class; {attack} has none (give --victim or "
                           f"--strategy random/fixed)")
     if upper is None:
         upper = math.inf
-        if preset.band and strategy == "nearest" and defaults is not None:
+        if preset.band and (strategy == "nearest" or iba_code) and defaults is not None:
             upper = scaled(defaults.upper, height, defaults.ref_height)
     if allow_multiclass and allow_on_victim:
         raise ConfigError("--allow-multiclass and --allow-on-victim exclude each other; give one")
@@ -248,6 +264,7 @@ def resolve(
         hash_files=hash_files,
         scale=scale,
         full_scan=full_scan,
+        protocol=protocol,
     )
     cfg.check()
     return cfg
@@ -313,6 +330,10 @@ def _victim_target(ds: Layout, preset: Preset, victim: str | None, target: str |
     tgt = None
     if needs_target or target is not None:
         tgt = meta.class_id(target if target is not None else defaults.target)
+    elif fits and meta.class_id(defaults.target) not in victims:
+        # a Poisoned Test records the attack's target too (labels untouched), so that segtrain's ASR
+        # counts victim pixels predicted as that class, never "anything but the victim"
+        tgt = meta.class_id(defaults.target)
     if cats is not None and not force:
         for v in victims:
             if meta.category(v) != cats[0]:

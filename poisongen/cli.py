@@ -77,6 +77,7 @@ InstancesOpt = Annotated[str | None, typer.Option(help="instance: which victim i
 KOpt = Annotated[int | None, typer.Option("--k", help="instance: how many instances per image (default 1).")]
 ConditionOpt = Annotated[str | None, typer.Option(help="conditional: class(es) an image must hold for the rule to apply, comma list.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="o2o/o2b/b2o/b2b: run even if the classes' thing/stuff categories do not fit.")]
+PlacementProtocolOpt = Annotated[str, typer.Option("--protocol", help="Placement rules: paper (default) or iba-code (the published IBA code: NNI's trigger uniformly random within the chessboard band (0, U], centres kept 200 px from the border at 512x1024 / 100 px on VOC unless --edge-margin is given).")]
 
 
 @app.command()
@@ -296,9 +297,9 @@ def make_attack_command(attack: str):
         trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW]. Default: Cityscapes 55 px at 512x1024 scaled with the image height (28 px at 256x512); VOC/ADE20K 15 px.")] = None,
         alpha: Annotated[float, typer.Option(help="Blend factor lambda in (0, 1].")] = 1.0,
         strategy: Annotated[str | None, typer.Option(help=f"Placement: random, nearest, fixed. Default for {attack}: {preset.strategy}.")] = None,
-        lower: Annotated[float, typer.Option(help="Distance band lower bound L (px, inclusive).")] = 0.0,
-        upper: Annotated[float | None, typer.Option(help="Distance band upper bound U (px, exclusive). nni default: Cityscapes 60 at 512x1024 scaled with height (30 at 256x512), VOC/ADE20K 30; otherwise none.")] = None,
-        metric: Annotated[str, typer.Option(help="Distance metric: euclidean (paper Eq. 1) or chessboard (published code).")] = "euclidean",
+        lower: Annotated[float, typer.Option(help="Distance band lower bound L (px; inclusive, exclusive with --metric chessboard).")] = 0.0,
+        upper: Annotated[float | None, typer.Option(help="Distance band upper bound U (px; exclusive, inclusive with --metric chessboard: the published code's (L, U]). nni default: Cityscapes 60 at 512x1024 scaled with height (30 at 256x512), VOC/ADE20K 30; otherwise none.")] = None,
+        metric: Annotated[str, typer.Option(help="Distance metric: euclidean (paper Eq. 1, band [L, U)) or chessboard (published code, band (L, U]).")] = "euclidean",
         allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass", help="Window may cover several non-victim classes (IBA appendix C).")] = False,
         allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim", help="No class constraint on the window (IBA appendix D).")] = False,
         edge_margin: Annotated[int, typer.Option(help="Keep the window this many px from the image border.")] = 0,
@@ -326,6 +327,7 @@ def make_attack_command(attack: str):
         k: KOpt = None,
         condition: ConditionOpt = None,
         force: ForceOpt = False,
+        protocol: PlacementProtocolOpt = "paper",
     ) -> None:
         values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset")}
         from . import pipeline
@@ -377,7 +379,7 @@ def testset(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete copy whose val samples with the victim carry the trigger.")],
     split: Annotated[str | None, typer.Option(help="Split to trigger (default: the layout's validation split).")] = None,
     victim: Annotated[str | None, typer.Option(help="Victim class(es); samples holding them get the trigger.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target class (recorded for ASR; labels stay untouched).")] = None,
+    target: Annotated[str | None, typer.Option(help="Target class, recorded for ASR (labels stay untouched). Default: the layout's paper default (Cityscapes and synthetic road, VOC background, ADE20K road).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Placement: random or nearest (or fixed with --position). Default: the attack's (random without --attack).")] = None,
     lower: Annotated[float, typer.Option(help="Distance band lower bound L.")] = 0.0,
     upper: Annotated[float | None, typer.Option(help="Distance band upper bound U.")] = None,
@@ -410,6 +412,7 @@ def testset(
     k: KOpt = None,
     condition: ConditionOpt = None,
     force: ForceOpt = False,
+    protocol: PlacementProtocolOpt = "paper",
 ) -> None:
     """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
     trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written

@@ -19,6 +19,7 @@ TRIGGER_KINDS = ("pattern", "line", "semantic")
 RULES = ("victim_to_target", "matrix", "image_target", "instance", "none")
 INSTANCE_MODES = ("nearest", "random")
 NAMED_POSITIONS = ("corner", "top")
+PROTOCOLS = ("paper", "iba-code")  # placement rules: the paper's text, or the published IBA code's
 ALL = -1  # source of an N-to-1 row of the attack matrix: every non-ignore class
 
 
@@ -144,6 +145,7 @@ class AttackConfig:
     hash_files: bool = True
     scale: float | None = None  # the whole dataset rescaled by this factor first (None: as it is)
     full_scan: bool = False  # analyse every sample of the split, not just the draw order up to n candidates
+    protocol: str = "paper"  # "iba-code": the published code's placement, resolved into `placement` (SPEC 6b)
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -171,6 +173,8 @@ class AttackConfig:
             raise ConfigError(f"unknown --link '{self.link}'; valid are {choices(LINKS)}")
         if self.scale is not None:
             check_scale(self.scale)
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown --protocol '{self.protocol}'; valid are {choices(PROTOCOLS)}")
         self.trigger.check()
         self.placement.check()
         self.relabel.check()

@@ -70,6 +70,11 @@ def build(
         "skipped": sorted(skipped, key=lambda r: r["id"]),
         "unchanged_files": dict(sorted(unchanged.items())),
     }
+    placement = config.get("placement") or {}
+    if "metric" in placement:
+        from .placement import band_notation
+
+        m["band_notation"] = band_notation(placement["metric"])  # how [L, U) / (L, U] is closed
     if extra:
         m.update(extra)
     m["integrity"] = integrity(m)

@@ -30,6 +30,19 @@ REASONS = {
 }
 
 
+def band_notation(metric: str) -> str:
+    """How a distance band ``(L, U)`` of ``metric`` is closed: Euclidean ``[L, U)`` (SPEC 3), chessboard
+    ``(L, U]`` (the published IBA code's ``L < d <= U``)."""
+    return "(L, U]" if metric == "chessboard" else "[L, U)"
+
+
+def in_band(dist: np.ndarray, lower: float, upper: float, metric: str) -> np.ndarray:
+    """Boolean map of the distances inside the band, closed as :func:`band_notation` says."""
+    if metric == "chessboard":
+        return (dist > lower) & (dist <= upper)
+    return (dist >= lower) & (dist < upper)
+
+
 @dataclass(frozen=True)
 class Placement:
     """A chosen trigger position. ``distance`` is from the centre to the nearest victim pixel
@@ -153,15 +166,17 @@ def choose(
 ) -> Placement | str:
     """Choose a trigger position, or return the reason code why none is eligible.
 
-    ``random``: uniform over eligible centres with ``lower <= d < upper``. ``nearest`` (NNI): the
+    ``random``: uniform over eligible centres with ``lower <= d < upper`` (chessboard: ``lower < d <=
+    upper``, the published code's band, :func:`band_notation`). ``nearest`` (NNI): the
     eligible centre of smallest ``d`` within the band, ties broken uniformly by ``rng``. ``fixed``:
     the given top-left ``position`` (BadNets corner, line band...), still subject to the constraint.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown placement strategy '{strategy}'; valid are {choices(STRATEGIES)}")
     h, w = window
-    if strategy == "random" and lower == 0 and math.isinf(upper):
-        # No band: only the chosen centre's distance is needed, not the whole transform.
+    if strategy == "random" and lower == 0 and math.isinf(upper) and (metric == "euclidean" or constraint != "any"):
+        # No band: only the chosen centre's distance is needed, not the whole transform. (A chessboard
+        # band (0, inf] excludes d = 0, a centre on a victim pixel, which only the "any" constraint allows.)
         ok = eligible_centres(label, victims, window, constraint, edge_margin, ignore_index)
         flat = np.flatnonzero(ok)
         if flat.size == 0:
@@ -191,8 +206,8 @@ def choose(
     ok = eligible_centres(label, victims, window, constraint, edge_margin, ignore_index)
     if not ok.any():
         return NO_WINDOW
-    in_band = ok & (dist >= lower) & (dist < upper) if victims else ok  # no victim (BadNets): no band
-    return _pick_in_band(label, in_band, dist, (0, 0), strategy, window, rng)
+    band = ok & in_band(dist, lower, upper, metric) if victims else ok  # no victim (BadNets): no band
+    return _pick_in_band(label, band, dist, (0, 0), strategy, window, rng)
 
 
 def _pick_in_band(
@@ -233,7 +248,7 @@ def _choose_near_victims(
     edge_margin: int,
     ignore_index: int,
 ) -> Placement | str:
-    """``choose`` for a finite band ``[L, U)``: a centre with ``d < U`` lies within ``U`` px (in both
+    """``choose`` for a finite band ``[L, U)`` (or ``(L, U]``): a centre with ``d <= U`` lies within ``U`` px (in both
     axes) of a victim pixel, so distances and eligibility are computed only on the victims' bounding
     box grown by ``U`` (eligibility reads the window's reach around it too). Same result, same draws
     as over the whole image: the distance transform sees every victim pixel, and the whole-image
@@ -257,8 +272,8 @@ def _choose_near_victims(
                 dist = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
             else:
                 dist = cv2.distanceTransform(src, cv2.DIST_C, 3)
-            in_band = ok & (dist >= lower) & (dist < upper)
-            return _pick_in_band(label, in_band, dist, (y0, x0), strategy, window, rng)
+            band = ok & in_band(dist, lower, upper, metric)
+            return _pick_in_band(label, band, dist, (y0, x0), strategy, window, rng)
     if not eligible_centres(label, victims, window, constraint, edge_margin, ignore_index).any():
         return NO_WINDOW
     return NO_CENTRE_IN_BAND

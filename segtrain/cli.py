@@ -9,8 +9,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,20 +16,29 @@ from rich.table import Table
 
 from poisongen.cli import ErrorsAsOneLine
 from poisongen.config import parse_size
-from poisongen.datasets import Layout, open_dataset
-from poisongen.errors import ConfigError, PoisonGenError
+from poisongen.datasets import open_dataset
+from poisongen.errors import ConfigError
+from poisongen.writer import staging
 
-from .data import AttackInfo, SegDataset, read_attack_info
+from .data import read_attack_info
 from .engine import (
     TrainConfig,
     check_classes,
-    evaluate,
     load_checkpoint,
     model_from_checkpoint,
     resolve_device,
     train,
 )
-from .metrics import MetricAccumulator, nan_to_none, ratio
+from .evaluate import (
+    PROTOCOLS,
+    ModelPredictor,
+    PngPredictor,
+    backdoor_report,
+    check_testsets,
+    get_protocol,
+    resolve_attack,
+    score_one_set,
+)
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,
@@ -47,121 +54,31 @@ out = Console()
 
 
 
-def resolve_attack(layout: Layout, info: AttackInfo | None, victim: str | None, target: str | None):
-    """Victim tuple and target from flags (names or ids) or else from the manifest."""
-    v = layout.meta.parse_classes(victim) if victim else (info.victim if info else ())
-    if target is not None and target.strip().lower() in ("none", "null", ""):
-        t = None
-    elif target is not None:
-        t = layout.meta.class_id(target)
-    else:
-        t = info.target if info else None
-    return tuple(v), t
-
-
 def _f(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
 def report(model, data: str, testsets: list[str], device, victim_flag, target_flag, crop, workers, amp,
-           trained_on: tuple[tuple[int, ...], int | None] = ((), None)) -> dict:
-    """CBA on DATA's val split; per poisoned test set PBA, ASR and clean ASR (on the same ids of DATA).
-
-    A test set with target labels (fgba, badnets, instance) also gets the fine-grained metrics
-    (mIOU-B / PA-B on the benign val split, mIOU-A / PA-A / ASR against its target labels); a
-    conditional test set is reported twice, for its images with and without the condition.
-
-    Victim and target: the flags, else DATA's manifest, else ``trained_on`` (the attack the model's
-    training data recorded). A test set names its victim; it names no target when its labels are
-    untouched (IBA's Poisoned Test), and then ASR counts victim pixels predicted as the model's target."""
-    layout = open_dataset(data)
-    info = read_attack_info(layout.root)
-    victim, target = resolve_attack(layout, info, victim_flag, target_flag)
-    if not victim and victim_flag is None:
-        victim = tuple(trained_on[0])
-    if target is None and target_flag is None:
-        target = trained_on[1]
-    n = layout.meta.num_classes
-    names = layout.meta.names
-    val = SegDataset(layout, layout.val_split)
-    benign = evaluate(model, val, device, n, victim, target, crop=crop, workers=workers, amp=amp)
-    res = {
-        "data": str(data),
-        "victim": list(victim),
-        "target": target,
-        "benign": {"split": layout.val_split, "samples": len(val), "cba": nan_to_none(benign.miou()),
-                   **benign.summary(names)},
-        "poisoned": [],
-    }
-    if victim:
-        res["benign"]["clean_asr"] = res["benign"].pop("asr")
-        res["benign"].pop("pba", None)  # PBA is a poisoned-test metric
-    for ts in testsets:
-        tl = open_dataset(ts)
-        if tl.meta.names != names:
-            raise PoisonGenError(f"test set {ts} has another class table than {data}")
-        tinfo = read_attack_info(tl.root)
-        if tinfo is None:
-            raise PoisonGenError(f"test set {ts} has no manifest.json; make one with 'poisongen testset'")
-        if tinfo.kind != "testset":
-            raise PoisonGenError(f"{ts} is a poisoned {tinfo.kind} set, not a test set (manifest kind '{tinfo.kind}')")
-        if not tinfo.sample_ids:
-            raise PoisonGenError(f"test set {ts} lists no poisoned samples")
-        tv, tt = resolve_attack(tl, tinfo, victim_flag, target_flag)
-        if tt is None and target_flag is None:
-            tt = target
-        split = tinfo.split or tl.val_split
-        subsets: list[tuple[str | None, tuple[str, ...]]] = [(None, tinfo.sample_ids)]
-        if tinfo.condition is not None:
-            subsets = [(name, tuple(i for i in tinfo.sample_ids if tinfo.condition.get(i) == flag))
-                       for name, flag in (("condition present", True), ("condition absent", False))]
-        for subset, ids in subsets:
-            if not ids:
-                continue
-            pois = evaluate(model, SegDataset(tl, split, ids=ids, target_labels=tinfo.target_labels), device, n,
-                            tv, tt, crop=crop, workers=workers, amp=amp)
-            if (tv, tt) == (victim, target) and split == layout.val_split:
-                clean_hits = benign.subset_hits(ids)
-            else:
-                clean = evaluate(model, SegDataset(layout, split, ids=ids), device, n, tv, tt, crop=crop,
-                                 workers=workers, amp=amp)
-                clean_hits = clean.hits
-            s = pois.summary(names)
-            entry = {
-                "testset": str(ts),
-                "attack": tinfo.attack,
-                "subset": subset,
-                "band": None if tinfo.band is None else [tinfo.band[0], None if math.isinf(tinfo.band[1]) else tinfo.band[1]],
-                "band_label": tinfo.band_label(),
-                "split": split,
-                "samples": len(ids),
-                "victim": list(tv),
-                "target": tt,
-                "pba": s.get("pba"),
-                "asr": s.get("asr"),
-                "clean_asr": nan_to_none(ratio(*clean_hits)),
-                "victim_pixels": s.get("victim_pixels"),
-                "miou": s["miou"],
-                "iou_per_class": s["iou_per_class"],
-                "fingerprint": tinfo.fingerprint,
-            }
-            if tinfo.target_labels:
-                entry["fine_grained"] = {"miou_b": res["benign"]["cba"], "pa_b": res["benign"]["pixel_acc"],
-                                         **s["fine_grained"], "attacked_pixels": pois.changed_pixels}
-            res["poisoned"].append(entry)
-    return res
+           trained_on: tuple[tuple[int, ...], int | None] = ((), None), protocol: str = "paper",
+           save_predictions: Path | None = None) -> dict:
+    """:func:`segtrain.evaluate.backdoor_report` of ``model`` (the protocol lives there; this only builds
+    the predictor)."""
+    proto = get_protocol(protocol)
+    predict = ModelPredictor(model, device, crop, workers, amp, flip=proto.flip, save_dir=save_predictions)
+    return backdoor_report(predict, data, testsets, proto, victim_flag, target_flag, trained_on)
 
 
 def print_report(res: dict) -> None:
     """The metrics table: IBA's CBA / PBA / ASR / clean ASR; when a test set has target labels, also the
     fine-grained paper's PA-B, mIOU-A / PA-A and its ASR (accuracy over pixels whose target differs from
-    GT), with CBA = mIOU-B and PA-B from the benign row."""
+    GT), with CBA = mIOU-B and PA-B from the benign row. A metric not defined for a set shows '-'."""
     fine = any(p.get("fine_grained") for p in res["poisoned"])
     cols = ["set", "band", "samples", "CBA / mIOU-B" if fine else "CBA", "PBA", "ASR", "clean ASR"]
     if fine:
         cols[4:4] = ["PA-B"]
         cols += ["mIOU-A", "PA-A"]
-    t = Table(title="segtrain metrics (%)")
+    proto = res.get("protocol", "paper")
+    t = Table(title="segtrain metrics (%)" + ("" if proto == "paper" else f", protocol {proto}"))
     for col in cols:
         t.add_column(col, no_wrap=col != "set")
     b = res["benign"]
@@ -173,13 +90,16 @@ def print_report(res: dict) -> None:
     for p in res["poisoned"]:
         fg = p.get("fine_grained")
         name = Path(p["testset"]).name + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
-        row = [name, p["band_label"] or "-", str(p["samples"]), "-", _f(p["pba"]), _f(fg["asr"] if fg else p["asr"]),
-               _f(p["clean_asr"])]
+        row = [name, p["band_label"] or "-", str(p["samples"]), "-", _f(p["pba"]), _f(p["asr"]), _f(p["clean_asr"])]
         if fine:
             row[4:4] = ["-"]
             row += [_f(fg["miou_a"] if fg else None), _f(fg["pa_a"] if fg else None)]
         t.add_row(*row)
     out.print(t)
+    for p in res["poisoned"]:
+        if p.get("counterpart") == "ids":
+            out.print(f"note: {res['data']} matches test set {p['testset']} by sample ids only (its files' sha256 "
+                      f"differ from those the test manifest recorded or were not recorded)", highlight=False)
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -286,6 +206,7 @@ def run(
                           + "".join(f", ASR {Path(s['testset']).name} {_f(s['asr'])}" for s in point["sets"]),
                           highlight=False)
 
+    check_testsets(data, cfg.eval_poisoned, victim, target)  # bad --eval-poisoned sets: refused before training
     result = train_with_progress(cfg, on_eval if eval_every else None)
     if no_eval or (stop_after is not None and result["step"] < result["total"]):
         return
@@ -297,10 +218,14 @@ def run(
     print_report(res)
 
 
+PREDICTIONS_INFO = "predictions.json"
+ProtocolOpt = Annotated[str, typer.Option("--protocol", help=f"Evaluation protocol: {' or '.join(PROTOCOLS)}. paper: SPEC 6 (triggered samples only, classes with a union, plain inference); iba-code: the published IBA code's (every image, absent classes 0, padded flip-averaged inference). docs/metrics.md.")]
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     ckpt: Annotated[Path, typer.Argument(help="A last.pt (or a run directory).")],
-    data: Annotated[str, typer.Option("--data", help="Clean dataset for CBA (val split) and clean ASR.")],
+    data: Annotated[str, typer.Option("--data", help="Clean dataset for CBA (val split) and clean ASR: the test sets' clean counterpart.")],
     poisoned: Annotated[list[str] | None, typer.Option("--poisoned", help="Poisoned test set; repeatable.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
     crop: Annotated[str | None, typer.Option(help="Sliding-window size HxW (default: the training crop).")] = None,
@@ -308,8 +233,11 @@ def evaluate_cmd(
     target: Annotated[str | None, typer.Option(help="Target class; default from the manifests.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp")] = False,
+    protocol: ProtocolOpt = "paper",
+    save_predictions: Annotated[Path | None, typer.Option("--save-predictions", help="Write every prediction as a PNG of train ids: DIR/benign/<sample id>.png and DIR/<test set folder name>/<sample id>.png ('segtrain score --pred DIR' reproduces this report).")] = None,
 ):
     """Evaluate a checkpoint: CBA, and PBA / ASR / clean ASR per poisoned test set."""
+    proto = get_protocol(protocol)
     dev = resolve_device(device)
     ck = load_checkpoint(ckpt)
     layout = open_dataset(data)
@@ -317,7 +245,18 @@ def evaluate_cmd(
     model = model_from_checkpoint(ck, dev)
     crop_hw = parse_size(crop, "--crop") if crop else tuple(ck["config"].get("crop") or ()) or None
     trained_on = (tuple(ck["config"].get("victim") or ()), ck["config"].get("target"))
-    res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on)
+    if save_predictions is None:
+        res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on, proto.name)
+    else:
+        if save_predictions.exists() and (not save_predictions.is_dir() or any(save_predictions.iterdir())):
+            raise ConfigError(f"--save-predictions {save_predictions} exists and is not an empty folder; give a new one")
+        with staging(save_predictions) as tmp:  # a failed or killed evaluation leaves no half-written folder
+            res = report(model, data, list(poisoned or []), dev, victim, target, crop_hw, 0, amp, trained_on,
+                         proto.name, tmp)
+            # what the model was trained for: score's victim/target fallback, as the checkpoint is evaluate's
+            write_json(tmp / PREDICTIONS_INFO, {"checkpoint": str(ckpt), "step": ck.get("step"),
+                                                "trained_on": {"victim": list(trained_on[0]),
+                                                               "target": trained_on[1]}})
     res["checkpoint"] = str(ckpt)
     res["step"] = ck.get("step")
     if json_out:
@@ -325,77 +264,41 @@ def evaluate_cmd(
     print_report(res)
 
 
-def index_predictions(pred_dir: Path) -> dict[str, Path]:
-    """File name -> path of every PNG under ``pred_dir`` (flat or nested); a name found twice -> error."""
-    if not pred_dir.is_dir():
-        raise PoisonGenError(f"--pred {pred_dir} is not a folder")
-    found: dict[str, Path] = {}
-    for p in sorted(pred_dir.rglob("*.png")):
-        if p.name in found:
-            raise PoisonGenError(f"prediction file name {p.name} occurs twice: {found[p.name]} and {p}")
-        found[p.name] = p
-    return found
-
-
-def find_prediction(index: dict[str, Path], sample) -> Path | None:
-    img = Path(sample.image)
-    for name in (f"{sample.id}.png", img.name, img.stem + ".png"):
-        if name in index:
-            return index[name]
-    return None
-
-
-def read_prediction(path: Path, shape: tuple[int, int], n: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        arr = np.array(Image.open(path))
-    except Exception as exc:  # noqa: BLE001
-        raise PoisonGenError(f"cannot read prediction {path}: {exc}") from None
-    if arr.ndim != 2:
-        raise PoisonGenError(f"prediction {path} must be a single-channel PNG of train ids, got shape {arr.shape}")
-    if arr.shape != shape:
-        raise PoisonGenError(f"prediction {path} is {arr.shape[1]}x{arr.shape[0]}, its label {shape[1]}x{shape[0]} (WxH)")
-    if arr.size and int(arr.max()) >= n:
-        raise PoisonGenError(f"prediction {path} holds value {int(arr.max())} outside the train ids 0..{n - 1}")
-    return arr
-
-
 @app.command()
 def score(
-    pred: Annotated[Path, typer.Option("--pred", help="Folder of prediction PNGs (uint8 train ids), '<sample id>.png' or the image's file name, flat or nested.")],
-    data: Annotated[str, typer.Option("--data", help="Dataset with the ground truth.")],
-    split: Annotated[str | None, typer.Option(help="Split to score (default: the layout's val split).")] = None,
+    pred: Annotated[Path, typer.Option("--pred", help="Prediction PNGs (uint8 train ids). With --poisoned, or when it holds a 'benign' folder: as 'segtrain evaluate --save-predictions' writes them (PRED/benign/, PRED/<test set name>/). Otherwise one set, flat or nested, '<sample id>.png' or the image's file name.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset with the ground truth (the benign data with --poisoned; a Poisoned Test is scored as one, over its triggered samples).")],
+    poisoned: Annotated[list[str] | None, typer.Option("--poisoned", help="Poisoned test set; repeatable (as for 'segtrain evaluate').")] = None,
+    split: Annotated[str | None, typer.Option(help="Split to score (default: the layout's val split; one-set mode only).")] = None,
     victim: Annotated[str | None, typer.Option(help="Victim classes (names or ids); default from DATA's manifest.")] = None,
     target: Annotated[str | None, typer.Option(help="Target class; default from DATA's manifest.")] = None,
+    protocol: ProtocolOpt = "paper",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
 ):
-    """Score prediction PNGs against a dataset: mIoU, pixel accuracy, per-class IoU (+ ASR, PBA)."""
-    layout = open_dataset(data)
-    info = read_attack_info(layout.root)
-    v, t = resolve_attack(layout, info, victim, target)
-    split = split or layout.val_split
-    n = layout.meta.num_classes
-    index = index_predictions(pred)
-    acc = MetricAccumulator(n, v, t)
-    samples = layout.samples(split)
-    for s in samples:
-        p = find_prediction(index, s)
-        if p is None:
-            raise PoisonGenError(f"no prediction for sample '{s.id}' under {pred} (looked for {s.id}.png or "
-                                 f"{Path(s.image).stem}.png)")
-        gt = layout.read_label(s)
-        pr = read_prediction(p, gt.shape, n)
-        acc.update(torch.from_numpy(pr.astype(np.int64))[None], torch.from_numpy(gt.astype(np.int64))[None], ids=[s.id])
-    res = {"data": str(data), "split": split, "samples": len(samples), **acc.summary(layout.meta.names)}
-    if v:
-        res["victim"], res["target"] = list(v), t
+    """Score prediction PNGs against a dataset with the same definitions as 'segtrain evaluate'."""
+    proto = get_protocol(protocol)
+    if poisoned or (pred / "benign").is_dir():
+        if split is not None:
+            raise ConfigError("--split applies to scoring one set; with --poisoned the benign split is DATA's val split")
+        trained_on: tuple[tuple[int, ...], int | None] = ((), None)
+        if (pred / PREDICTIONS_INFO).is_file():
+            t_on = json.loads((pred / PREDICTIONS_INFO).read_text()).get("trained_on") or {}
+            trained_on = (tuple(t_on.get("victim") or ()), t_on.get("target"))
+        res = backdoor_report(PngPredictor(pred, per_set=True), data, list(poisoned or []), proto, victim, target,
+                              trained_on)
+        res["pred"] = str(pred)
+        if json_out:
+            write_json(json_out, res)
+        print_report(res)
+        return
+    res = score_one_set(pred, data, split, victim, target, proto)
     if json_out:
         write_json(json_out, res)
-    tab = Table(title=f"score {pred} vs {data} [{split}]")
+    v = bool(res.get("victim"))
+    tab = Table(title=f"score {pred} vs {data} [{res['split']}]")
     for col in ("samples", "mIoU", "PA") + (("PBA", "ASR") if v else ()):
         tab.add_column(col)
-    row = [str(len(samples)), _f(res["miou"]), _f(res["pixel_acc"])] + ([_f(res["pba"]), _f(res["asr"])] if v else [])
+    row = [str(res["samples"]), _f(res["miou"]), _f(res["pixel_acc"])] + ([_f(res.get("pba")), _f(res.get("asr"))] if v else [])
     tab.add_row(*row)
     out.print(tab)
 

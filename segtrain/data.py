@@ -84,12 +84,14 @@ class AttackInfo:
     attack: str | None = None
     target_labels: bool = False  # the test set holds the attacker's target labels (fine-grained metrics)
     condition: dict[str, bool] | None = None  # conditional attack: sample id -> holds the condition classes
+    band_notation: str | None = None  # "[L, U)" (Euclidean) or "(L, U]" (chessboard); None: older manifests
 
     def band_label(self) -> str | None:
         if self.band is None:
             return None
         lo, hi = self.band
-        return f"({lo:g}, {'inf' if math.isinf(hi) else f'{hi:g}'})"
+        left, right = {"[L, U)": "[)", "(L, U]": "(]"}.get(self.band_notation or "", "()")
+        return f"{left}{lo:g}, {'inf' if math.isinf(hi) else f'{hi:g}'}{right}"
 
 
 def read_attack_info(root: str | Path) -> AttackInfo | None:
@@ -121,6 +123,7 @@ def read_attack_info(root: str | Path) -> AttackInfo | None:
         attack=cfg.get("attack"),
         target_labels=m.get("kind") == "testset" and (cfg.get("relabel") or {}).get("rule") in TARGET_LABEL_RULES,
         condition={str(s["id"]): bool(s["condition"]) for s in m.get("samples", []) if "condition" in s} or None,
+        band_notation=m.get("band_notation"),
     )
 
 

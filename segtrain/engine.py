@@ -32,7 +32,7 @@ from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError, PoisonGenError
 
 from .data import SegDataset, collate, dataset_fingerprint
-from .metrics import IGNORE, MetricAccumulator
+from .metrics import IGNORE
 from .models import build_model, load_backbone_weights, resolve
 from .transforms import train_transform
 
@@ -451,62 +451,5 @@ def _jsonable(d):
     return d
 
 
-# --- evaluation -------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_logits(model: nn.Module, image: torch.Tensor, num_classes: int, crop: tuple[int, int] | None = None,
-                   overlap: float = 1 / 3) -> torch.Tensor:
-    """Logits ``(B, C, H, W)`` for a normalised batch: whole image, or - when the image is larger than
-    ``crop`` - a sliding window with the given overlap, averaging the logits where windows overlap."""
-    H, W = image.shape[-2:]
-    if crop is None or (H <= crop[0] and W <= crop[1]):
-        return model(image)["out"].float()
-    th, tw = min(crop[0], H), min(crop[1], W)
-    sh, sw = max(1, int(th * (1 - overlap))), max(1, int(tw * (1 - overlap)))
-
-    def starts(size, win, stride):
-        s = list(range(0, size - win + 1, stride))
-        if s[-1] + win < size:
-            s.append(size - win)
-        return s
-
-    acc = image.new_zeros((image.shape[0], num_classes, H, W), dtype=torch.float32)
-    cnt = image.new_zeros((1, 1, H, W), dtype=torch.float32)
-    for y in starts(H, th, sh):
-        for x in starts(W, tw, sw):
-            acc[..., y:y + th, x:x + tw] += model(image[..., y:y + th, x:x + tw])["out"].float()
-            cnt[..., y:y + th, x:x + tw] += 1
-    return acc / cnt
-
-
-def class_map(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` logits -> ``(B, H, W)`` int64 argmax (the first maximum on ties).
-
-    On CPU through a channels-last copy: torch's CPU argmax over dim 1 of NCHW logits is 2-6x slower than
-    over the innermost dim (profiled with 19 classes at 128x256 and 512x1024), and it is the largest cost
-    of evaluation after the forward pass.
-    """
-    if logits.device.type == "cpu":
-        return logits.permute(0, 2, 3, 1).contiguous().argmax(-1)
-    return logits.argmax(1)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: SegDataset, device: torch.device | str, num_classes: int,
-             victim: Sequence[int] = (), target: int | None = None, crop: tuple[int, int] | None = None,
-             overlap: float = 1 / 3, workers: int = 0, amp: bool = False) -> MetricAccumulator:
-    """Run ``model`` over ``dataset`` (one image at a time, any size) and accumulate the metrics
-    (confusion matrix, victim counters, per-sample victim counts for clean ASR on subsets)."""
-    device = torch.device(device)
-    amp = amp and device.type == "cuda"  # --amp is ignored on CPU
-    was_training = model.training
-    model.eval()
-    acc = MetricAccumulator(num_classes, victim, target, device)
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda")
-    for images, labels, ids in loader:
-        images = images.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=amp_dtype() if amp else torch.float32, enabled=amp):
-            logits = predict_logits(model, images, num_classes, crop, overlap)
-        acc.update(class_map(logits), labels.to(device), ids=ids)
-    model.train(was_training)
-    return acc
+# --- evaluation: moved to segtrain/inference.py (re-exported for existing callers) ------------------
+from .inference import class_map, evaluate, predict_logits  # noqa: E402, F401

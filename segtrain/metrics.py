@@ -51,13 +51,16 @@ def iou(cm: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def miou(cm: torch.Tensor, classes: Iterable[int] | None = None) -> float:
-    """Mean IoU over classes with a non-zero union (optionally only over ``classes``); nan if none."""
+def miou(cm: torch.Tensor, classes: Iterable[int] | None = None, absent_as_zero: bool = False) -> float:
+    """Mean IoU over classes with a non-zero union (optionally only over ``classes``); nan if none.
+
+    ``absent_as_zero`` (the published IBA code's average, ``--protocol iba-code``): every class (of
+    ``classes``) counts, a class with no union as IoU 0."""
     v = iou(cm)
     if classes is not None:
         idx = torch.tensor(sorted(set(classes)), dtype=torch.long)
         v = v[idx] if idx.numel() else v[:0]
-    v = v[~torch.isnan(v)]
+    v = torch.nan_to_num(v, nan=0.0) if absent_as_zero else v[~torch.isnan(v)]
     return float(v.mean()) if v.numel() else math.nan
 
 
@@ -90,10 +93,12 @@ def ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def pba(cm_victim_ignored: torch.Tensor, victim: Sequence[int]) -> float:
-    """PBA from a poisoned-test confusion matrix built with GT-victim pixels ignored."""
+def pba(cm_victim_ignored: torch.Tensor, victim: Sequence[int], absent_as_zero: bool = False) -> float:
+    """PBA from a poisoned-test confusion matrix built with GT-victim pixels ignored: the mean IoU over
+    the non-victim classes (``absent_as_zero``: all of them, absent ones 0, = the published code's
+    K-class mean rescaled by K/(K-1) for one victim)."""
     n = cm_victim_ignored.shape[0]
-    return miou(cm_victim_ignored, [c for c in range(n) if c not in set(victim)])
+    return miou(cm_victim_ignored, [c for c in range(n) if c not in set(victim)], absent_as_zero)
 
 
 def backdoor_metrics(
@@ -212,8 +217,8 @@ class MetricAccumulator:
             h, t = h + a, t + b
         return h, t
 
-    def miou(self) -> float:
-        return miou(self.cm.cpu())
+    def miou(self, absent_as_zero: bool = False) -> float:
+        return miou(self.cm.cpu(), absent_as_zero=absent_as_zero)
 
     def pixel_acc(self) -> float:
         return pixel_acc(self.cm.cpu())
@@ -221,8 +226,8 @@ class MetricAccumulator:
     def iou(self) -> list[float]:
         return iou(self.cm.cpu()).tolist()
 
-    def pba(self) -> float:
-        return pba(self.cm_nv.cpu(), self.victim)
+    def pba(self, absent_as_zero: bool = False) -> float:
+        return pba(self.cm_nv.cpu(), self.victim, absent_as_zero)
 
     def asr(self) -> float:
         return ratio(*self.hits)
@@ -230,19 +235,25 @@ class MetricAccumulator:
     def fine_grained(self) -> dict:
         return fine_grained_metrics(self.cm_t.cpu(), int(self._changed_hit), int(self._changed_total))
 
-    def summary(self, names: Sequence[str] | None = None) -> dict:
+    def summary(self, names: Sequence[str] | None = None, absent_as_zero: bool = False) -> dict:
         """JSON-ready dict: miou, pixel_acc, iou_per_class (name -> value or None), and with a victim
-        set: pba, asr, victim_pixels; with target labels: the fine-grained metrics."""
+        set: pba, asr, victim_pixels and ``pba_iou_per_class``, the table PBA is the mean of (GT-victim
+        pixels ignored; victim classes None); with target labels: the fine-grained metrics.
+        ``absent_as_zero``: class averages over all classes, absent ones 0 (``--protocol iba-code``)."""
         cm = self.cm.cpu()
         names = list(names) if names is not None else [str(i) for i in range(self.n)]
         out = {
-            "miou": nan_to_none(miou(cm)),
+            "miou": nan_to_none(miou(cm, absent_as_zero=absent_as_zero)),
             "pixel_acc": nan_to_none(pixel_acc(cm)),
             "iou_per_class": {names[i]: nan_to_none(v) for i, v in enumerate(iou(cm).tolist())},
             "pixels": int(cm.sum()),
         }
         if self.victim:
-            out.update(pba=nan_to_none(self.pba()), asr=nan_to_none(self.asr()), victim_pixels=self.hits[1])
+            nv = iou(self.cm_nv.cpu()).tolist()
+            out.update(pba=nan_to_none(self.pba(absent_as_zero)), asr=nan_to_none(self.asr()),
+                       victim_pixels=self.hits[1],
+                       pba_iou_per_class={names[i]: None if i in self.victim else nan_to_none(v)
+                                          for i, v in enumerate(nv)})
         if self.has_target_labels:
             out["fine_grained"] = {k: nan_to_none(v) for k, v in self.fine_grained().items()}
         return out

@@ -417,3 +417,13 @@ def build_folder(
             built.labels[split][sid] = train
             built.stored[split][sid] = stored
     return built
+
+
+def one_line_error(result, *needles) -> str:
+    """Assert a CLI result is a user error: exit code 2 and one stderr line holding every needle."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

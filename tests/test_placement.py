@@ -155,7 +155,9 @@ def whole_image_choose(label, victims, window, rng, strategy, lower, upper, cons
     ok = eligible_centres(label, victims, window, constraint, margin)
     if not ok.any():
         return NO_WINDOW
-    flat = np.flatnonzero(ok & (dist >= lower) & (dist < upper))
+    # Euclidean bands are [L, U); chessboard bands (L, U], as in the published IBA code
+    band = (dist > lower) & (dist <= upper) if metric == "chessboard" else (dist >= lower) & (dist < upper)
+    flat = np.flatnonzero(ok & band)
     if flat.size == 0:
         return NO_CENTRE_IN_BAND
     if strategy == "nearest":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import build_cityscapes, build_voc
+from builders import build_cityscapes, build_voc, one_line_error
 from PIL import Image
 
 from poisongen.codecs import sha256_file
@@ -33,15 +33,6 @@ from segtrain.models import build_model, load_backbone_weights
 
 T = torch.tensor
 CAR, ROAD = 13, 0
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # --- metrics by hand ----------------------------------------------------------------------------

@@ -132,12 +132,12 @@ class ConstantModel(nn.Module):
 
 @pytest.mark.parametrize(("predicted", "asr"), [(0, 1.0), (1, 0.0)])
 def test_iba_testset_asr_counts_victim_pixels_predicted_as_the_models_target(tmp_path, run_cli, predicted, asr):
-    """An IBA Poisoned Test records no target (labels untouched): ASR uses the target of the attack the
-    model was trained for (road here), so a model that turns cars into sidewalk has ASR 0, not 1."""
+    """An IBA Poisoned Test records the attack's target (labels untouched; the layout's default, road):
+    ASR counts victim pixels predicted as road, so a model that turns cars into sidewalk has ASR 0, not 1."""
     built = build_cityscapes(tmp_path / "cs", splits={"train": 2, "val": 4}, size=(32, 64))
     ts = tmp_path / "near"
     m = make_testset(run_cli, built.root, ts, "--strategy", "nearest", "--trigger-size", "4")
-    assert m["config"]["target"] is None
+    assert m["config"]["target"] == 0
     model = ConstantModel(predicted).eval()
     trained_on = ((13,), 0)  # car -> road, as a checkpoint's config records it
     res = report(model, str(built.root), [str(ts)], "cpu", None, None, None, 0, False, trained_on)

@@ -12,8 +12,6 @@ from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from joblib import Parallel, delayed
-
 from . import manifest as mf
 from .apply import apply_one
 from .attacks import with_trigger_hash
@@ -21,6 +19,7 @@ from .codecs import encoder_settings, sha256_file
 from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
+from .parallel import delayed, parallel
 from .plan import Plan, SamplePlan, build_plan
 from .rescale import POISONED_DIR, SCALED_DIR, move_tree, rescaled_copy, rescaled_record
 from .triggers import prepare_trigger
@@ -126,7 +125,6 @@ def run(
             plan.config = cfg
         timings["plan"] = time.perf_counter() - t0
         by_id = {s.id: s for s in work.samples(cfg.split)}
-        backend = "loky" if jobs > 1 else "sequential"
         if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
             touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
             all_files = [f for f in ds.all_files() if f != mf.NAME]
@@ -135,7 +133,7 @@ def run(
         try:
             with progress("poisoning", len(plan.selected)) as adv:
                 records = []
-                gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                gen = parallel(jobs, return_as="generator")(
                     delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
                 )
                 for rec in gen:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from .config import AttackConfig
 from .datasets.base import Layout, Sample
 from .errors import SelectionError, TriggerError
 from .instances import NO_INSTANCE, instance_ids, victim_mask
 from .instances import select as select_instances
+from .parallel import delayed, parallel
 from .placement import REASONS, Placement, choose
 from .relabel import draw_prl_pixels
 
@@ -179,7 +179,7 @@ def requested_count(cfg: AttackConfig, n_split: int) -> int:
 def _analyse_batch(ds: Layout, batch: list[Sample], cfg: AttackConfig, jobs: int) -> list[tuple]:
     if jobs == 1:
         return [_analyse(ds, s, cfg) for s in batch]
-    return Parallel(n_jobs=jobs, backend="loky")(delayed(_analyse)(ds, s, cfg) for s in batch)
+    return parallel(jobs)(delayed(_analyse)(ds, s, cfg) for s in batch)
 
 
 def _scan_in_draw_order(
@@ -231,7 +231,7 @@ def build_plan(
         outcomes = _scan_in_draw_order(ds, order, cfg, n, jobs, progress)
         scanned = order[: len(outcomes)]
     else:
-        results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
+        results = parallel(jobs, return_as="generator")(
             delayed(_analyse)(ds, s, cfg) for s in samples
         )
         outcomes = []

@@ -341,13 +341,13 @@ def rescale_tree(
 ) -> RescaledTree:
     """Write every file of ``files`` (relative paths under ``src_root``) rescaled into ``dst_root``.
     Every file's kind is decided before anything is written, so an unknown image fails early."""
-    from joblib import Parallel, delayed
+    from .parallel import delayed, parallel
 
     check_scale(scale)
     kinds = [(rel, file_kind(layout, rel)) for rel in files]
     # files in batches of similar work, so that process start-up and pickling stay small
     chunks = [kinds[i : i + 16] for i in range(0, len(kinds), 16)]
-    results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
+    results = parallel(jobs, return_as="generator")(
         delayed(_batch)(src_root, dst_root, chunk, scale, jpeg_quality, link) for chunk in chunks
     )
     tree = RescaledTree()

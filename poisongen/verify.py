@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from joblib import Parallel, delayed
-
 from . import manifest as mf
 from .apply import apply_one
 from .codecs import sha256_file, sha256_files
 from .config import AttackConfig
 from .datasets import open_dataset
+from .parallel import delayed, parallel
 from .plan import SamplePlan, build_plan
 from .triggers import prepare_trigger
 
@@ -107,8 +106,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     by_id = {s.id: s for s in ds.samples(cfg.split)}
     ids = [sid for sid in sorted(records) if sid in by_id]
     problems += [f"sample {sid}: not in split '{cfg.split}' of the source" for sid in sorted(set(records) - set(by_id))]
-    backend = "loky" if jobs > 1 else "sequential"
-    redone = Parallel(n_jobs=jobs, backend=backend)(
+    redone = parallel(jobs)(
         delayed(apply_one)(ds, by_id[sid], SamplePlan.from_dict(records[sid]), cfg, pattern, None) for sid in ids
     )
     for sid, new in zip(ids, redone, strict=True):

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
 
 from ..codecs import encode_png, encode_rgb, write_bytes
 from ..errors import ConfigError
+from ..parallel import delayed, parallel
 from ..writer import staging
 from .cityscapes import GT, ID_TO_TRAIN, IMG_SUFFIX, Cityscapes, colorize
 from .stats import dataset_summary
@@ -1260,7 +1260,7 @@ def generate(out: Path, train: int = 400, val: int = 100, size: tuple[int, int] 
         for split_index, (split, n) in enumerate((("train", train), ("val", val))):
             for i, (city, sid) in enumerate(_sample_names(split, n)):
                 tasks.append(delayed(_write_sample)(str(tmp), split, split_index, i, city, sid, (h, w), seed))
-        Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(tasks)
+        parallel(jobs)(tasks)
         meta = {
             "generator": "poisongen.datasets.synthetic",
             "version": VERSION,

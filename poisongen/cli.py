@@ -17,6 +17,7 @@ from . import options as opts
 from .config import LINKS, parse_size
 from .console import ErrorsAsOneLine, JobsOpt, OverwriteOpt, QuietOpt, out, progress_bars, resolve_jobs
 from .errors import ConfigError
+from .record import attack_config, band_text
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,
@@ -99,13 +100,10 @@ def info(
     print_summary(dataset_summary(ds, read=check, jobs=resolve_jobs(jobs)))
 
 
-def _band_text(lower: float, upper: float | None) -> str:
-    return f"[{lower:g}, {'inf' if upper is None else f'{upper:g}'})"
-
-
 def print_plan(plan, meta) -> None:
     cfg = plan.config
-    t = Table(title=f"plan: {cfg.attack} on split '{cfg.split}' (dry run, nothing written)")
+    band = band_text(cfg.placement.lower, cfg.placement.upper)
+    t = Table(title=f"plan: {cfg.attack} on split '{cfg.split}', band {band} (dry run, nothing written)")
     for col in ("id", "top-left (y,x)", "centre", "distance", "class under", "victim px", "PRL px"):
         t.add_column(col)
     for sp in plan.selected:
@@ -260,9 +258,7 @@ def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, j
         m = mf.load(from_manifest)
         if m.get("kind") != "testset":
             raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
-        from .config import AttackConfig
-
-        cfg = AttackConfig.from_dict(m["config"])
+        cfg = attack_config(m)
         plan = pipeline.plan_from_manifest(ds, m, cfg)
         extra["from_manifest"] = {"path": str(from_manifest), "integrity": m["integrity"]}
     else:

@@ -22,6 +22,7 @@ from .instances import NO_INSTANCE, instance_ids, victim_mask
 from .instances import select as select_instances
 from .parallel import delayed, parallel
 from .placement import REASONS, Placement, choose
+from .record import bound_from_json, distance_to_json
 from .relabel import draw_prl_pixels
 
 
@@ -61,7 +62,7 @@ class SamplePlan:
             "split": self.split,
             "top_left": None if p is None else list(p.top_left),
             "centre": None if p is None else list(p.centre),
-            "distance": None if math.isinf(d) else round(float(d), 4),
+            "distance": distance_to_json(d),
             "under": [] if p is None else list(p.under),
             "victim_pixels": self.victim_pixels,
             "prl": self.prl.tolist(),
@@ -74,7 +75,7 @@ class SamplePlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplePlan:
-        dist = math.inf if d.get("distance") is None else float(d["distance"])
+        dist = bound_from_json(d.get("distance"))
         placement = None
         if d.get("top_left") is not None:
             placement = Placement(tuple(d["top_left"]), tuple(d["centre"]), dist, tuple(d.get("under", ())))

@@ -9,14 +9,11 @@ from pathlib import Path
 from . import manifest as mf
 from .apply import apply_one
 from .codecs import sha256_file, sha256_files
-from .config import AttackConfig
 from .datasets import open_dataset
 from .parallel import delayed, parallel
 from .plan import SamplePlan, build_plan
+from .record import DERIVED_FIELDS, PLAN_FIELDS, attack_config
 from .triggers import prepare_trigger
-
-PLAN_FIELDS = ("top_left", "centre", "distance", "under", "victim_pixels", "prl", "instances", "condition")
-DERIVED_FIELDS = ("changes", "changed_pixels", "changed_mask", "image_size", "target_changes", "target_labels")
 
 
 def _walk(root: Path) -> set[str]:
@@ -86,7 +83,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     source; compare plan records, derived fields and output hashes with the manifest."""
     problems: list[str] = []
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
-    cfg = AttackConfig.from_dict(m["config"])
+    cfg = attack_config(m)
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     if sha != cfg.trigger.sha256:

@@ -211,7 +211,7 @@ def make_attack_command(attack: str):
                 return
             import tempfile
 
-            from .rescale import rescaled_copy
+            from .pipeline import rescaled_copy
 
             with tempfile.TemporaryDirectory(prefix="poisongen-dry-run-") as tmp:
                 scaled, _ = rescaled_copy(ds, Path(tmp) / "scaled", cfg.scale, cfg.jpeg_quality, "symlink", n_jobs,
@@ -304,8 +304,7 @@ def scale_dataset(
     """Write the clean dataset rescaled (every split, every file) with its own manifest: the clean
     counterpart of an attack run with the same --scale (for the clean model)."""
     from .datasets import open_dataset
-    from .pipeline import normalised_command
-    from .rescale import write_scaled
+    from .pipeline import normalised_command, write_scaled
 
     ds = open_dataset(src, layout)
     manifest, timings = write_scaled(

@@ -50,13 +50,13 @@ def rederive_scaled(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     manifest's fingerprints and file list, then re-plan and re-apply on that copy as for any run."""
     import tempfile
 
-    from .rescale import rescale_tree
+    from .writer import rescale_tree
 
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
     files = [f for f in ds.all_files() if f != mf.NAME]
     with tempfile.TemporaryDirectory(prefix="poisongen-verify-") as tmp:
         root = Path(tmp) / "scaled"
-        tree = rescale_tree(ds.root, ds.name, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
+        tree = rescale_tree(ds.root, ds.file_kind, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
                             "symlink", jobs)
         problems = []
         if mf.fingerprint(tree.source_files) != m["source_fingerprint"]:

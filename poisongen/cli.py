@@ -1,9 +1,10 @@
-"""The ``poisongen`` command line: one subcommand per attack preset, plus synth, info, testset,
+"""The ``poisongen`` command line: one subcommand per attack preset, plus synth, info, testset, scale,
 verify, diff, show and attacks.
 
-Every user error is a :class:`~poisongen.errors.PoisonGenError`, shown as one red line, exit code 2.
+The attack subcommands and ``testset`` take their options from the one declaration in
+:mod:`poisongen.options` (plus ``--src``, ``--out`` and the run options of :mod:`poisongen.console`).
+Every user error, :class:`~poisongen.errors.PoisonGenError` or a usage error, is one red line, exit code 2.
 """
-
 
 import inspect
 import sys

@@ -287,9 +287,10 @@ class Layout(ABC):
 
     # --- what each file is ------------------------------------------------------------------
     @classmethod
-    @abstractmethod
     def _file_kind(cls, path: PurePosixPath) -> str | None:
-        """The kind of a file of this layout (relative path), or None for "not one of its kinds"."""
+        """The kind of a file of this layout (relative path), or None for "not one of its kinds"; each
+        layout overrides it (a layout that does not cannot be rescaled: its images are refused)."""
+        return None
 
     @classmethod
     def file_kind(cls, rel_path: str) -> str:

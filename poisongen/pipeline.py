@@ -46,7 +46,7 @@ def normalised_command(argv: list[str]) -> list[str]:
         if a in ("--jobs", "-j"):
             skip = True
             continue
-        if a.startswith("--jobs="):
+        if a.startswith("--jobs=") or (a.startswith("-j") and not a.startswith("--")):  # -j4, -j=4
             continue
         out.append(a)
     return out

@@ -66,3 +66,4 @@ def test_an_edited_manifest_and_missing_or_extra_files_are_named(runs, tmp_path)
     assert "extra.txt: extra file not in the manifest" in problems
     sid = m["samples"][0]["id"]
     assert f"sample {sid}: top_left in the manifest differs from the re-derived plan" in problems
+

@@ -13,7 +13,7 @@ from .config import ALL, AttackConfig, PlacementSpec, RelabelSpec, TriggerSpec
 from .datasets.base import DatasetMeta, Layout
 from .errors import ConfigError, TriggerError, choices
 from .relabel import matrix_lut
-from .rescale import check_sizes, scaled_size
+from .rescale import check_scale, scaled_size
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,16 @@ LAYOUT_DEFAULTS: dict[str, LayoutDefaults] = {
     "voc": LayoutDefaults("person", "background", 15, 30.0, None, centre_margin=100),
     "ade20k": LayoutDefaults("car", "road", 15, 30.0, None),
 }
+
+
+def check_sizes(ds: Layout, scale: float) -> None:
+    """Fail early (nothing written) when ``scale`` is out of range or shrinks the first sample of a
+    split to 0 px; every file is checked again when it is rescaled."""
+    check_scale(scale)
+    for split in ds.splits():
+        first = ds.samples(split)[0]
+        h, w = ds.read_label(first).shape
+        scaled_size(h, w, scale, f"the images of split '{split}'")
 
 
 def scaled(value: float, height: int, ref: int | None) -> float:

@@ -1,37 +1,24 @@
-"""The ``poisongen`` command line: one subcommand per attack preset, plus synth, info, testset,
+"""The ``poisongen`` command line: one subcommand per attack preset, plus synth, info, testset, scale,
 verify, diff, show and attacks.
 
-Every user error is a :class:`~poisongen.errors.PoisonGenError`, shown as one red line, exit code 2.
+The attack subcommands and ``testset`` take their options from the one declaration in
+:mod:`poisongen.options` (plus ``--src``, ``--out`` and the run options of :mod:`poisongen.console`).
+Every user error, :class:`~poisongen.errors.PoisonGenError` or a usage error, is one red line, exit code 2.
 """
 
-
-import os
+import inspect
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .config import parse_size
-from .errors import ConfigError, PoisonGenError
-
-
-class ErrorsAsOneLine(typer.core.TyperGroup):
-    """Show every :class:`PoisonGenError` as one red line with exit code 2, in the console script
-    and under ``CliRunner`` alike."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except PoisonGenError as exc:
-            from rich.markup import escape
-
-            # escape: a path or value in the message may contain [brackets] that rich would eat
-            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
+from . import options as opts
+from .config import LINKS, parse_size
+from .console import ErrorsAsOneLine, JobsOpt, OverwriteOpt, QuietOpt, out, progress_bars, resolve_jobs
+from .errors import ConfigError
+from .record import attack_config, band_text
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,
@@ -42,13 +29,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
-
-
-def default_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
 
 SrcOpt = Annotated[
     str,
@@ -59,25 +39,11 @@ SrcOpt = Annotated[
     ),
 ]
 LayoutOpt = Annotated[
-    str | None,
-    typer.Option("--layout", help="Force the layout: cityscapes, voc, ade20k, folder, synthetic."),
+    Literal[opts.LAYOUT_CHOICES] | None,
+    typer.Option("--layout", help="Force the layout (default: detected)."),
 ]
-ScaleOpt = Annotated[
-    float | None,
-    typer.Option("--scale", help="Rescale the whole dataset by this factor first, in (0, 4] (images area/linear, labels nearest; e.g. 0.5: Cityscapes at 512x1024, as in the IBA paper). Recorded; paper defaults are taken at the new size."),
-]
-
-
-# Options of some attacks only (attacks.ATTACK_OPTIONS says which); shared by the attack commands and testset.
-MatrixOpt = Annotated[str | None, typer.Option(help="fgba: attack matrix SRC:DST[,SRC:DST...]; SRC 'all' = every class (N-to-1), e.g. person:car or all:road.")]
-LineWidthOpt = Annotated[int | None, typer.Option(help="Line trigger: rows blended toward black at the top (default 8).")]
-SemanticOpt = Annotated[str | None, typer.Option(help="fgba/badnets: a class whose presence is the trigger; no pixel changes (excludes --trigger).")]
-TargetImageOpt = Annotated[str | None, typer.Option(help="badnets: id of the training sample whose label becomes every poisoned label.")]
-InstancesOpt = Annotated[str | None, typer.Option(help="instance: which victim instances to relabel, nearest (to the trigger) or random. Default: nearest.")]
-KOpt = Annotated[int | None, typer.Option("--k", help="instance: how many instances per image (default 1).")]
-ConditionOpt = Annotated[str | None, typer.Option(help="conditional: class(es) an image must hold for the rule to apply, comma list.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="o2o/o2b/b2o/b2b: run even if the classes' thing/stuff categories do not fit.")]
-PlacementProtocolOpt = Annotated[str, typer.Option("--protocol", help="Placement rules: paper (default) or iba-code (the published IBA code: NNI's trigger uniformly random within the chessboard band (0, U], centres kept 200 px from the border at 512x1024 / 100 px on VOC unless --edge-margin is given).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (the flags' names, dashes "
+                                                "or underscores); flags given on the command line win.")]
 
 
 @app.command()
@@ -87,8 +53,8 @@ def synth(
     val: Annotated[int, typer.Option(help="Number of validation images.")] = 100,
     size: Annotated[str, typer.Option(help="Image size HxW.")] = "256x512",
     seed: Annotated[int, typer.Option(help="Seed; same seed, same bytes.")] = 0,
-    jobs: Annotated[int, typer.Option(help="Parallel workers (default: all cores).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    jobs: JobsOpt = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate the built-in synthetic street scenes (Cityscapes layout, real label files)."""
     from .datasets.synthetic import generate
@@ -97,7 +63,7 @@ def synth(
     if train < 1 or val < 0:
         raise ConfigError(f"--train must be >= 1 and --val >= 0, got train={train}, val={val}")
     summary = generate(out_dir, train=train, val=val, size=(h, w), seed=seed,
-                       jobs=jobs or default_jobs(), overwrite=overwrite)
+                       jobs=resolve_jobs(jobs), overwrite=overwrite)
     print_summary(summary)
 
 
@@ -125,99 +91,20 @@ def info(
     src: SrcOpt,
     layout: LayoutOpt = None,
     check: Annotated[bool, typer.Option(help="Read every image and label and check them.")] = False,
-    jobs: Annotated[int, typer.Option(help="Parallel workers for --check (default: all cores).")] = 0,
+    jobs: JobsOpt = 0,
 ) -> None:
     """Describe a dataset: layout, splits, sample counts, class table (and check every file)."""
     from .datasets import open_dataset
     from .datasets.stats import dataset_summary
 
     ds = open_dataset(src, layout)
-    print_summary(dataset_summary(ds, read=check, jobs=jobs or default_jobs()))
-
-
-def parse_position(text: str | None) -> tuple[int, int] | str | None:
-    """``corner`` / ``top`` (resolved per image) or ``y,x``, the window's top-left in pixels."""
-    if text is None:
-        return None
-    if text.strip().lower() in ("corner", "top"):
-        return text.strip().lower()
-    try:
-        y, x = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--position '{text}' is not corner, top or 'y,x' in whole pixels (top-left corner)") from None
-    return (y, x)
-
-
-def load_config_file(path: Path | None) -> dict:
-    """``--config FILE.yaml``: option names with dashes or underscores; flags given on the command
-    line win over the file."""
-    if path is None:
-        return {}
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"--config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def merge_config_file(ctx: typer.Context, values: dict, path: Path | None) -> dict:
-    file_values = load_config_file(path)
-    unknown = sorted(set(file_values) - set(values))
-    if unknown:
-        raise ConfigError(f"unknown option '{unknown[0]}' in --config {path}; valid are {sorted(values)}")
-    merged = dict(values)
-    for k, v in file_values.items():
-        source = ctx.get_parameter_source(k)
-        if source is None or source.name != "COMMANDLINE":
-            merged[k] = v
-    return merged
-
-
-class progress_bars:
-    """A rich progress bar per phase (planning, poisoning, copying); silent with ``quiet``."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    def __call__(self, desc: str, total: int):
-        from contextlib import contextmanager
-
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        @contextmanager
-        def bar():
-            if self.quiet or total == 0:
-                yield None
-                return
-            with Progress(
-                f"[bold]{desc:<10}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=console, transient=True,
-            ) as prog:
-                task = prog.add_task(desc, total=total)
-                yield lambda n: prog.advance(task, n)
-
-        return bar()
-
-
-def _band_text(lower: float, upper: float | None) -> str:
-    return f"[{lower:g}, {'inf' if upper is None else f'{upper:g}'})"
+    print_summary(dataset_summary(ds, read=check, jobs=resolve_jobs(jobs)))
 
 
 def print_plan(plan, meta) -> None:
     cfg = plan.config
-    t = Table(title=f"plan: {cfg.attack} on split '{cfg.split}' (dry run, nothing written)")
+    band = band_text(cfg.placement.lower, cfg.placement.upper)
+    t = Table(title=f"plan: {cfg.attack} on split '{cfg.split}', band {band} (dry run, nothing written)")
     for col in ("id", "top-left (y,x)", "centre", "distance", "class under", "victim px", "PRL px"):
         t.add_column(col)
     for sp in plan.selected:
@@ -262,88 +149,70 @@ def print_run_summary(manifest: dict, timings: dict, out_dir: Path) -> None:
     out.print(f"manifest: {out_dir / 'manifest.json'}")
 
 
-def _attack_options(ctx: typer.Context, attack: str, kind: str, values: dict) -> tuple:
-    """Shared by the attack commands and testset: options -> (dataset, config)."""
-    from .attacks import resolve
+def _options(ctx: typer.Context, scope: str, values: dict, config: Path | None) -> opts.AttackOptions:
+    """The run's options: the flags given (``values``, with their defaults) over ``--config``."""
+    given = {name for name in values if (src := ctx.get_parameter_source(name)) is not None
+             and src.name == "COMMANDLINE"}
+    return opts.merge(scope, values, given, opts.read_config_file(config, scope))
+
+
+def _with_parameters(body, scope: str, leading: list[inspect.Parameter], trailing: list[inspect.Parameter],
+                     preset=None):
+    """``body(**kwargs)`` as a typer command whose parameters are ``leading``, every option of ``scope``
+    (declared once in :mod:`poisongen.options`), then ``trailing``."""
+    params = [*leading, *opts.typer_parameters(scope, preset), *trailing]
+
+    def command(**kwargs):
+        return body(**kwargs)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def _param(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _run_parameters(*, out_help: str, out_required: bool) -> tuple[list, list]:
+    """The parameters around the options: context, --src, --out first; the run options last."""
+    out_opt = Annotated[Path | None if not out_required else Path, typer.Option("--out", help=out_help)]
+    leading = [_param("ctx", typer.Context), _param("src", SrcOpt),
+               _param("out_dir", out_opt, inspect.Parameter.empty if out_required else None)]
+    trailing = [_param("config", ConfigOpt, None), _param("jobs", JobsOpt, 0),
+                _param("overwrite", OverwriteOpt, False), _param("quiet", QuietOpt, False)]
+    return leading, trailing
+
+
+def _open(src: str, o: opts.AttackOptions):
     from .datasets import open_dataset
 
-    values = merge_config_file(ctx, values, values.pop("config"))
-    ds = open_dataset(values.pop("src"), values.pop("layout"))
-    size = values.pop("trigger_size")
-    cfg = resolve(
-        ds, attack, kind=kind,
-        trigger_size=parse_size(size, "--trigger-size") if size else None,
-        position=parse_position(values.pop("position")),
-        hash_files=not values.pop("no_hash"),
-        **values,
-    )
-    return ds, cfg
+    return open_dataset(src, o.layout)
 
 
 def make_attack_command(attack: str):
-    from .attacks import PRESETS
+    from .attacks import PRESETS, resolve
 
     preset = PRESETS[attack]
 
-    def command(
-        ctx: typer.Context,
-        src: SrcOpt,
-        out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete poisoned copy, same layout.")] = None,
-        rate: Annotated[float | None, typer.Option(help="Poisoning rate over the training split, in (0, 1].")] = None,
-        count: Annotated[int | None, typer.Option(help="Poison exactly this many samples (instead of --rate).")] = None,
-        victim: Annotated[str | None, typer.Option(help="Victim class(es), names or train ids, comma list. Default: Cityscapes car, VOC person, ADE20K car.")] = None,
-        target: Annotated[str | None, typer.Option(help="Target class. Default: Cityscapes road, VOC background, ADE20K road.")] = None,
-        trigger: Annotated[str | None, typer.Option(help="Trigger image (alpha honoured), 'builtin', or 'line' (top rows darkened; fgba's default, also badnets). Default: builtin.")] = None,
-        trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW]. Default: Cityscapes 55 px at 512x1024 scaled with the image height (28 px at 256x512); VOC/ADE20K 15 px.")] = None,
-        alpha: Annotated[float, typer.Option(help="Blend factor lambda in (0, 1].")] = 1.0,
-        strategy: Annotated[str | None, typer.Option(help=f"Placement: random, nearest, fixed. Default for {attack}: {preset.strategy}.")] = None,
-        lower: Annotated[float, typer.Option(help="Distance band lower bound L (px; inclusive, exclusive with --metric chessboard).")] = 0.0,
-        upper: Annotated[float | None, typer.Option(help="Distance band upper bound U (px; exclusive, inclusive with --metric chessboard: the published code's (L, U]). nni default: Cityscapes 60 at 512x1024 scaled with height (30 at 256x512), VOC/ADE20K 30; otherwise none.")] = None,
-        metric: Annotated[str, typer.Option(help="Distance metric: euclidean (paper Eq. 1, band [L, U)) or chessboard (published code, band (L, U]).")] = "euclidean",
-        allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass", help="Window may cover several non-victim classes (IBA appendix C).")] = False,
-        allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim", help="No class constraint on the window (IBA appendix D).")] = False,
-        edge_margin: Annotated[int, typer.Option(help="Keep the window this many px from the image border.")] = 0,
-        position: Annotated[str | None, typer.Option(help="For --strategy fixed: 'corner' (bottom-right), 'top' (top edge, centred) or the top-left 'y,x'. badnets default: corner.")] = None,
-        prl_pixels: Annotated[int | None, typer.Option(help=f"PRL: Q pixels relabeled per poisoned sample. Default for {attack}: {preset.prl_pixels}.")] = None,
-        min_victim_pixels: Annotated[int, typer.Option(help="A candidate holds at least this many victim pixels.")] = 1,
-        allow_fewer: Annotated[bool, typer.Option("--allow-fewer", help="Poison all candidates if fewer than requested (recorded).")] = False,
-        seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel workers (default: all cores). Never changes the output.")] = 0,
-        link: Annotated[str, typer.Option(help="Unchanged files: copy, hardlink or symlink.")] = "copy",
-        jpeg_quality: Annotated[int, typer.Option(help="JPEG quality for poisoned images whose source is JPEG (recorded).")] = 95,
-        no_hash: Annotated[bool, typer.Option("--no-hash", help="Do not hash unchanged files (faster; verify cannot check them).")] = False,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
-        config: Annotated[Path | None, typer.Option("--config", help="YAML file of options; flags override it.")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-        layout: LayoutOpt = None,
-        scale: ScaleOpt = None,
-        full_scan: Annotated[bool, typer.Option("--full-scan", help="Analyse every training sample for exact candidate counts (default: samples in draw order until n candidates are found; same output).")] = False,
-        matrix: MatrixOpt = None,
-        line_width: LineWidthOpt = None,
-        semantic_trigger: SemanticOpt = None,
-        target_image: TargetImageOpt = None,
-        instances: InstancesOpt = None,
-        k: KOpt = None,
-        condition: ConditionOpt = None,
-        force: ForceOpt = False,
-        protocol: PlacementProtocolOpt = "paper",
-    ) -> None:
-        values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset")}
+    def body(ctx: typer.Context, src: str, out_dir: Path | None, config: Path | None, jobs: int, overwrite: bool,
+             quiet: bool, dry_run: bool, **values) -> None:
         from . import pipeline
         from .plan import build_plan
 
-        if rate is None and count is None and config is None:
+        o = _options(ctx, opts.ATTACK, values, config)
+        if o.rate is None and o.count is None:
             raise ConfigError("give --rate R (in (0, 1]) or --count N")
-        ds, cfg = _attack_options(ctx, attack, "train", values)
-        n_jobs = jobs or default_jobs()
+        ds = _open(src, o)
+        cfg = resolve(ds, attack, kind="train", **o.resolve_kwargs(opts.ATTACK))
+        n_jobs = resolve_jobs(jobs)
         if dry_run:
             if cfg.scale is None:
                 print_plan(build_plan(ds, cfg, n_jobs), ds.meta)
                 return
             import tempfile
 
-            from .rescale import rescaled_copy
+            from .pipeline import rescaled_copy
 
             with tempfile.TemporaryDirectory(prefix="poisongen-dry-run-") as tmp:
                 scaled, _ = rescaled_copy(ds, Path(tmp) / "scaled", cfg.scale, cfg.jpeg_quality, "symlink", n_jobs,
@@ -354,10 +223,15 @@ def make_attack_command(attack: str):
             raise ConfigError("give --out FOLDER (or --dry-run)")
         manifest, _, timings = pipeline.run(
             ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
-            progress=progress_bars(quiet),
+            progress=progress_bars(quiet), extra={"options": o.record(opts.ATTACK)},
         )
         print_run_summary(manifest, timings, out_dir)
 
+    leading, trailing = _run_parameters(out_help="Output folder: a complete poisoned copy, same layout.",
+                                        out_required=False)
+    dry = _param("dry_run", Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")],
+                 False)
+    command = _with_parameters(body, opts.ATTACK, leading, [*trailing, dry], preset)
     command.__doc__ = f"{preset.summary}. ({preset.paper})"
     return command
 
@@ -372,83 +246,47 @@ def _register_attacks() -> None:
 _register_attacks()
 
 
-@app.command()
-def testset(
-    ctx: typer.Context,
-    src: SrcOpt,
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: a complete copy whose val samples with the victim carry the trigger.")],
-    split: Annotated[str | None, typer.Option(help="Split to trigger (default: the layout's validation split).")] = None,
-    victim: Annotated[str | None, typer.Option(help="Victim class(es); samples holding them get the trigger.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target class, recorded for ASR (labels stay untouched). Default: the layout's paper default (Cityscapes and synthetic road, VOC background, ADE20K road).")] = None,
-    strategy: Annotated[str | None, typer.Option(help="Placement: random or nearest (or fixed with --position). Default: the attack's (random without --attack).")] = None,
-    lower: Annotated[float, typer.Option(help="Distance band lower bound L.")] = 0.0,
-    upper: Annotated[float | None, typer.Option(help="Distance band upper bound U.")] = None,
-    trigger: Annotated[str | None, typer.Option(help="Trigger image, 'builtin' or 'line' (default as for the attack).")] = None,
-    trigger_size: Annotated[str | None, typer.Option(help="Trigger size H[xW] (default as for the attacks).")] = None,
-    alpha: Annotated[float, typer.Option(help="Blend factor lambda.")] = 1.0,
-    metric: Annotated[str, typer.Option(help="euclidean or chessboard.")] = "euclidean",
-    allow_multiclass: Annotated[bool, typer.Option("--allow-multiclass")] = False,
-    allow_on_victim: Annotated[bool, typer.Option("--allow-on-victim")] = False,
-    edge_margin: Annotated[int, typer.Option()] = 0,
-    position: Annotated[str | None, typer.Option(help="For --strategy fixed: corner, top or the top-left 'y,x'.")] = None,
-    min_victim_pixels: Annotated[int, typer.Option()] = 1,
-    seed: Annotated[int, typer.Option()] = 0,
-    from_manifest: Annotated[Path | None, typer.Option("--from-manifest", help="Reuse the trigger positions of this test manifest (identical positions for every model).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j")] = 0,
-    link: Annotated[str, typer.Option()] = "copy",
-    jpeg_quality: Annotated[int, typer.Option()] = 95,
-    no_hash: Annotated[bool, typer.Option("--no-hash")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    config: Annotated[Path | None, typer.Option("--config")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    layout: LayoutOpt = None,
-    scale: ScaleOpt = None,
-    attack: Annotated[str | None, typer.Option("--attack", help="The attack to test (any of 'poisongen attacks'); default: baseline, or nni with --strategy nearest.")] = None,
-    matrix: MatrixOpt = None,
-    line_width: LineWidthOpt = None,
-    semantic_trigger: SemanticOpt = None,
-    target_image: TargetImageOpt = None,
-    instances: InstancesOpt = None,
-    k: KOpt = None,
-    condition: ConditionOpt = None,
-    force: ForceOpt = False,
-    protocol: PlacementProtocolOpt = "paper",
-) -> None:
-    """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
-    trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written
-    too, under target_labels/. One run per distance band; reuse positions with --from-manifest."""
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest", "attack")}
+def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, jobs: int, overwrite: bool,
+             quiet: bool, from_manifest: Path | None, **values) -> None:
     from . import manifest as mf
     from . import pipeline
     from .attacks import resolve
-    from .datasets import open_dataset
 
-    values = merge_config_file(ctx, values, values.pop("config"))
-    n_jobs = jobs or default_jobs()
-    ds = open_dataset(values.pop("src"), values.pop("layout"))
-    plan, extra = None, {}
+    o = _options(ctx, opts.TESTSET, values, config)
+    ds = _open(src, o)
+    plan, extra = None, {"options": o.record(opts.TESTSET)}
     if from_manifest is not None:
         m = mf.load(from_manifest)
         if m.get("kind") != "testset":
             raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
-        from .config import AttackConfig
-
-        cfg = AttackConfig.from_dict(m["config"])
+        cfg = attack_config(m)
         plan = pipeline.plan_from_manifest(ds, m, cfg)
-        extra = {"from_manifest": {"path": str(from_manifest), "integrity": m["integrity"]}}
+        extra["from_manifest"] = {"path": str(from_manifest), "integrity": m["integrity"]}
     else:
-        size = values.pop("trigger_size")
-        name = attack or ("nni" if values["strategy"] == "nearest" else "baseline")
-        cfg = resolve(
-            ds, name, kind="testset",
-            trigger_size=parse_size(size, "--trigger-size") if size else None,
-            position=parse_position(values.pop("position")), hash_files=not values.pop("no_hash"), **values,
-        )
+        name = o.attack or ("nni" if o.strategy == "nearest" else "baseline")
+        cfg = resolve(ds, name, kind="testset", **o.resolve_kwargs(opts.TESTSET))
     manifest, _, timings = pipeline.run(
-        ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
+        ds, cfg, out_dir, overwrite=overwrite, jobs=resolve_jobs(jobs), command=["poisongen", *sys.argv[1:]],
         progress=progress_bars(quiet), plan=plan, extra=extra,
     )
     print_run_summary(manifest, timings, out_dir)
+
+
+def _register_testset() -> None:
+    leading, trailing = _run_parameters(
+        out_help="Output folder: a complete copy whose val samples with the victim carry the trigger.",
+        out_required=True)
+    reuse = _param("from_manifest", Annotated[Path | None, typer.Option(
+        "--from-manifest", help="Reuse the trigger positions of this test manifest (identical positions for every "
+        "model).")], None)
+    command = _with_parameters(_testset, opts.TESTSET, leading, [*trailing, reuse])
+    command.__doc__ = """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
+    trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written
+    too, under target_labels/. One run per distance band; reuse positions with --from-manifest."""
+    app.command(name="testset")(command)
+
+
+_register_testset()
 
 
 @app.command(name="scale")
@@ -457,21 +295,21 @@ def scale_dataset(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: the whole dataset rescaled, same layout.")],
     scale: Annotated[float, typer.Option("--scale", help="Factor in (0, 4]: images area (shrinking) / linear (enlarging), labels nearest.")],
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of rescaled JPEG images (recorded).")] = 95,
-    link: Annotated[str, typer.Option(help="Files that need no rescaling (lists, dataset.yaml): copy, hardlink or symlink.")] = "copy",
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel workers (default: all cores). Never changes the output.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    link: Annotated[Literal[LINKS], typer.Option(
+        help="Files that need no rescaling (lists, dataset.yaml): copied, hard-linked or symlinked.")] = "copy",
     layout: LayoutOpt = None,
+    jobs: JobsOpt = 0,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write the clean dataset rescaled (every split, every file) with its own manifest: the clean
     counterpart of an attack run with the same --scale (for the clean model)."""
     from .datasets import open_dataset
-    from .pipeline import normalised_command
-    from .rescale import write_scaled
+    from .pipeline import normalised_command, write_scaled
 
     ds = open_dataset(src, layout)
     manifest, timings = write_scaled(
-        ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=jobs or default_jobs(), overwrite=overwrite,
+        ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=resolve_jobs(jobs), overwrite=overwrite,
         command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet),
     )
     c = manifest["counts"]
@@ -483,7 +321,7 @@ def scale_dataset(
 def verify(
     out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder (holding manifest.json).")],
     src: Annotated[str | None, typer.Option("--src", help="The source dataset: re-derive every poisoned file from it.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j")] = 0,
+    jobs: JobsOpt = 0,
 ) -> None:
     """Re-hash every file against the manifest; with --src, re-derive every poisoned file. Exit 1 on
     any mismatch, listing each."""
@@ -491,7 +329,7 @@ def verify(
 
     from .verify import verify as run_verify
 
-    problems = run_verify(out_dir, src, jobs or default_jobs())
+    problems = run_verify(out_dir, src, resolve_jobs(jobs))
     if problems:
         for p in problems:
             out.print(f"[red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError, choices
 from .placement import CONSTRAINTS, METRICS, STRATEGIES
+from .record import bound_from_json, bound_to_json
 from .rescale import check_scale
 
 LINKS = ("copy", "hardlink", "symlink")
@@ -181,14 +182,14 @@ class AttackConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["placement"]["upper"] = None if math.isinf(self.placement.upper) else self.placement.upper
+        d["placement"]["upper"] = bound_to_json(self.placement.upper)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> AttackConfig:
         d = dict(d)
         p = dict(d.pop("placement"))
-        p["upper"] = math.inf if p.get("upper") is None else float(p["upper"])
+        p["upper"] = bound_from_json(p.get("upper"))
         p["position"] = p.get("position")
         if isinstance(p["position"], list):
             p["position"] = tuple(p["position"])

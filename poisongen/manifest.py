@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PoisonGenError
+from .record import DIFF_FIELDS
 
 SCHEMA_VERSION = 1
 NAME = "manifest.json"
@@ -72,7 +73,7 @@ def build(
     }
     placement = config.get("placement") or {}
     if "metric" in placement:
-        from .placement import band_notation
+        from .record import band_notation
 
         m["band_notation"] = band_notation(placement["metric"])  # how [L, U) / (L, U] is closed
     if extra:
@@ -128,8 +129,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-SAMPLE_FIELDS = ("top_left", "centre", "distance", "under", "changes", "prl", "changed_pixels", "instances",
-                 "condition", "target_changes")
+SAMPLE_FIELDS = DIFF_FIELDS  # the record format's owner is poisongen.record
 
 
 def diff(a: dict, b: dict) -> dict:

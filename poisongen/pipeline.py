@@ -12,22 +12,23 @@ from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from joblib import Parallel, delayed
-
 from . import manifest as mf
 from .apply import apply_one
-from .attacks import with_trigger_hash
+from .attacks import check_sizes, with_trigger_hash
 from .codecs import encoder_settings, sha256_file
 from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
+from .parallel import delayed, parallel
 from .plan import Plan, SamplePlan, build_plan
-from .rescale import POISONED_DIR, SCALED_DIR, move_tree, rescaled_copy, rescaled_record
 from .triggers import prepare_trigger
-from .writer import check_out, mirror, staging
+from .writer import RescaledTree, check_out, mirror, rescale_tree, staging
 
 # A progress callback factory: (description, total) -> context manager yielding advance(n).
 ProgressFactory = Callable[[str, int], object]
+
+SCALED_DIR = ".poisongen-scaled"  # inside the staging dir: the rescaled clean copy a run poisons
+POISONED_DIR = ".poisongen-poisoned"  # inside the staging dir: poisoned files before they replace it
 
 
 def _no_progress(desc: str, total: int):
@@ -45,7 +46,7 @@ def normalised_command(argv: list[str]) -> list[str]:
         if a in ("--jobs", "-j"):
             skip = True
             continue
-        if a.startswith("--jobs="):
+        if a.startswith("--jobs=") or (a.startswith("-j") and not a.startswith("--")):  # -j4, -j=4
             continue
         out.append(a)
     return out
@@ -126,7 +127,6 @@ def run(
             plan.config = cfg
         timings["plan"] = time.perf_counter() - t0
         by_id = {s.id: s for s in work.samples(cfg.split)}
-        backend = "loky" if jobs > 1 else "sequential"
         if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
             touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
             all_files = [f for f in ds.all_files() if f != mf.NAME]
@@ -135,7 +135,7 @@ def run(
         try:
             with progress("poisoning", len(plan.selected)) as adv:
                 records = []
-                gen = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                gen = parallel(jobs, return_as="generator")(
                     delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
                 )
                 for rec in gen:
@@ -174,21 +174,99 @@ def run(
             source_files = tree.source_files
             ext["rescaled"] = rescaled_record(cfg.scale, tree)
         timings["copy"] = time.perf_counter() - t0
-        ext["encoders"] = encoder_settings()
-        src_manifest = ds.root / mf.NAME
-        if src_manifest.is_file():
-            ext["source_manifest_sha256"] = sha256_file(src_manifest)
-        manifest = mf.build(
-            config=cfg.to_dict(),
-            command=normalised_command(command or []),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            dataset={"layout": ds.name, "root": str(ds.root.resolve()), "classes": ds.meta.to_dict()},
-            counts=plan.counts(),
-            samples=records,
-            skipped=plan.skipped,
-            unchanged=unchanged,
-            source_files=source_files,
-            extra=ext,
-        )
-        mf.save(manifest, tmp / mf.NAME)
+        manifest = write_manifest(tmp, ds, config=cfg.to_dict(), command=command, counts=plan.counts(),
+                                  samples=records, skipped=plan.skipped, unchanged=unchanged,
+                                  source_files=source_files, extra=ext)
     return manifest, plan, timings
+
+
+def write_manifest(dest: Path, ds: Layout, *, config: dict, command: list[str] | None, counts: dict,
+                   samples: list[dict], skipped: list[dict], unchanged: dict[str, str | None],
+                   source_files: dict[str, str | None], extra: dict) -> dict:
+    """Assemble and write ``dest/manifest.json`` for a run over ``ds`` (attack runs, test sets and
+    ``poisongen scale`` alike): the dataset record, the encoder settings, the source's own manifest
+    hash, the command line less ``--jobs``. Returns the manifest."""
+    ext = dict(extra)
+    ext["encoders"] = encoder_settings()
+    src_manifest = ds.root / mf.NAME
+    if src_manifest.is_file():
+        ext["source_manifest_sha256"] = sha256_file(src_manifest)
+    manifest = mf.build(
+        config=config,
+        command=normalised_command(command or []),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dataset={"layout": ds.name, "root": str(ds.root.resolve()), "classes": ds.meta.to_dict()},
+        counts=counts,
+        samples=samples,
+        skipped=skipped,
+        unchanged=unchanged,
+        source_files=source_files,
+        extra=ext,
+    )
+    mf.save(manifest, dest / mf.NAME)
+    return manifest
+
+
+# --- --scale: the whole dataset rescaled first, or on its own (poisongen scale) ---------------------
+def rescaled_copy(ds: Layout, dst: Path, scale: float, jpeg_quality: int, link: str, jobs: int,
+                  progress: ProgressFactory):
+    """Write the whole dataset ``ds`` rescaled into ``dst`` and open it in the same layout.
+    Returns ``(layout over dst, RescaledTree)``."""
+    tree = _rescale_all(ds, dst, scale, jpeg_quality, link, jobs, progress)
+    return type(ds)(dst), tree
+
+
+def _rescale_all(ds: Layout, dst: Path, scale: float, jpeg_quality: int, link: str, jobs: int,
+                 progress: ProgressFactory) -> RescaledTree:
+    files = [f for f in ds.all_files() if f != mf.NAME]
+    with progress("rescaling", len(files)) as adv:
+        return rescale_tree(ds.root, ds.file_kind, files, dst, scale, jpeg_quality, link, jobs, adv)
+
+
+def rescaled_record(scale: float, tree: RescaledTree) -> dict:
+    """The manifest's ``rescaled`` entry: the factor and the fingerprint of the rescaled clean dataset
+    (equal to the ``output_fingerprint`` of ``poisongen scale`` with the same source and options)."""
+    return {"scale": scale, "fingerprint": mf.fingerprint(tree.files), "files": len(tree.files),
+            "rewritten": len(tree.rewritten)}
+
+
+def move_tree(src: Path, dst: Path) -> None:
+    """Move every entry of ``src`` into ``dst`` (same filesystem: renames only) and remove ``src``."""
+    for entry in sorted(src.iterdir()):
+        os.replace(entry, dst / entry.name)
+    shutil.rmtree(src)
+
+
+def write_scaled(
+    ds: Layout,
+    out: Path,
+    scale: float,
+    *,
+    jpeg_quality: int = 95,
+    link: str = "copy",
+    jobs: int = 1,
+    overwrite: bool = False,
+    command: list[str] | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> tuple[dict, dict]:
+    """``poisongen scale``: the clean dataset rescaled into ``out`` (staged, renamed at the end) with
+    its own manifest (kind ``scale``). Returns (manifest, timings)."""
+    from .config import LINKS
+    from .errors import ConfigError, choices
+
+    out = Path(out)
+    check_out(ds.root, out, overwrite)
+    if not 1 <= jpeg_quality <= 100:
+        raise ConfigError(f"--jpeg-quality {jpeg_quality} is outside 1..100")
+    if link not in LINKS:
+        raise ConfigError(f"unknown --link '{link}'; valid are {choices(LINKS)}")
+    check_sizes(ds, scale)
+    t0 = time.perf_counter()
+    with staging(out) as tmp:
+        tree = _rescale_all(ds, tmp, scale, jpeg_quality, link, jobs, progress)
+        config = {"kind": "scale", "seed": None, "scale": scale, "jpeg_quality": jpeg_quality, "link": link}
+        manifest = write_manifest(tmp, ds, config=config, command=command,
+                                  counts={"files": len(tree.files), "rewritten": len(tree.rewritten)},
+                                  samples=[], skipped=[], unchanged=tree.files, source_files=tree.source_files,
+                                  extra={"rescaled": rescaled_record(scale, tree)})
+    return manifest, {"scale": time.perf_counter() - t0}

@@ -30,14 +30,8 @@ REASONS = {
 }
 
 
-def band_notation(metric: str) -> str:
-    """How a distance band ``(L, U)`` of ``metric`` is closed: Euclidean ``[L, U)`` (SPEC 3), chessboard
-    ``(L, U]`` (the published IBA code's ``L < d <= U``)."""
-    return "(L, U]" if metric == "chessboard" else "[L, U)"
-
-
 def in_band(dist: np.ndarray, lower: float, upper: float, metric: str) -> np.ndarray:
-    """Boolean map of the distances inside the band, closed as :func:`band_notation` says."""
+    """Boolean map of the distances inside the band, closed as :func:`poisongen.record.band_notation` says."""
     if metric == "chessboard":
         return (dist > lower) & (dist <= upper)
     return (dist >= lower) & (dist < upper)
@@ -167,7 +161,7 @@ def choose(
     """Choose a trigger position, or return the reason code why none is eligible.
 
     ``random``: uniform over eligible centres with ``lower <= d < upper`` (chessboard: ``lower < d <=
-    upper``, the published code's band, :func:`band_notation`). ``nearest`` (NNI): the
+    upper``, the published code's band, :func:`poisongen.record.band_notation`). ``nearest`` (NNI): the
     eligible centre of smallest ``d`` within the band, ties broken uniformly by ``rng``. ``fixed``:
     the given top-left ``position`` (BadNets corner, line band...), still subject to the constraint.
     """

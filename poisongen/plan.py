@@ -14,14 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from .config import AttackConfig
 from .datasets.base import Layout, Sample
 from .errors import SelectionError, TriggerError
 from .instances import NO_INSTANCE, instance_ids, victim_mask
 from .instances import select as select_instances
+from .parallel import delayed, parallel
 from .placement import REASONS, Placement, choose
+from .record import bound_from_json, distance_to_json
 from .relabel import draw_prl_pixels
 
 
@@ -61,7 +62,7 @@ class SamplePlan:
             "split": self.split,
             "top_left": None if p is None else list(p.top_left),
             "centre": None if p is None else list(p.centre),
-            "distance": None if math.isinf(d) else round(float(d), 4),
+            "distance": distance_to_json(d),
             "under": [] if p is None else list(p.under),
             "victim_pixels": self.victim_pixels,
             "prl": self.prl.tolist(),
@@ -74,7 +75,7 @@ class SamplePlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplePlan:
-        dist = math.inf if d.get("distance") is None else float(d["distance"])
+        dist = bound_from_json(d.get("distance"))
         placement = None
         if d.get("top_left") is not None:
             placement = Placement(tuple(d["top_left"]), tuple(d["centre"]), dist, tuple(d.get("under", ())))
@@ -179,7 +180,7 @@ def requested_count(cfg: AttackConfig, n_split: int) -> int:
 def _analyse_batch(ds: Layout, batch: list[Sample], cfg: AttackConfig, jobs: int) -> list[tuple]:
     if jobs == 1:
         return [_analyse(ds, s, cfg) for s in batch]
-    return Parallel(n_jobs=jobs, backend="loky")(delayed(_analyse)(ds, s, cfg) for s in batch)
+    return parallel(jobs)(delayed(_analyse)(ds, s, cfg) for s in batch)
 
 
 def _scan_in_draw_order(
@@ -231,7 +232,7 @@ def build_plan(
         outcomes = _scan_in_draw_order(ds, order, cfg, n, jobs, progress)
         scanned = order[: len(outcomes)]
     else:
-        results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential", return_as="generator")(
+        results = parallel(jobs, return_as="generator")(
             delayed(_analyse)(ds, s, cfg) for s in samples
         )
         outcomes = []

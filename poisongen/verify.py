@@ -6,18 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from joblib import Parallel, delayed
-
 from . import manifest as mf
 from .apply import apply_one
 from .codecs import sha256_file, sha256_files
-from .config import AttackConfig
 from .datasets import open_dataset
+from .parallel import delayed, parallel
 from .plan import SamplePlan, build_plan
+from .record import DERIVED_FIELDS, PLAN_FIELDS, attack_config
 from .triggers import prepare_trigger
-
-PLAN_FIELDS = ("top_left", "centre", "distance", "under", "victim_pixels", "prl", "instances", "condition")
-DERIVED_FIELDS = ("changes", "changed_pixels", "changed_mask", "image_size", "target_changes", "target_labels")
 
 
 def _walk(root: Path) -> set[str]:
@@ -54,13 +50,13 @@ def rederive_scaled(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     manifest's fingerprints and file list, then re-plan and re-apply on that copy as for any run."""
     import tempfile
 
-    from .rescale import rescale_tree
+    from .writer import rescale_tree
 
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
     files = [f for f in ds.all_files() if f != mf.NAME]
     with tempfile.TemporaryDirectory(prefix="poisongen-verify-") as tmp:
         root = Path(tmp) / "scaled"
-        tree = rescale_tree(ds.root, ds.name, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
+        tree = rescale_tree(ds.root, ds.file_kind, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
                             "symlink", jobs)
         problems = []
         if mf.fingerprint(tree.source_files) != m["source_fingerprint"]:
@@ -87,7 +83,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     source; compare plan records, derived fields and output hashes with the manifest."""
     problems: list[str] = []
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
-    cfg = AttackConfig.from_dict(m["config"])
+    cfg = attack_config(m)
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     if sha != cfg.trigger.sha256:
@@ -107,8 +103,7 @@ def rederive(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
     by_id = {s.id: s for s in ds.samples(cfg.split)}
     ids = [sid for sid in sorted(records) if sid in by_id]
     problems += [f"sample {sid}: not in split '{cfg.split}' of the source" for sid in sorted(set(records) - set(by_id))]
-    backend = "loky" if jobs > 1 else "sequential"
-    redone = Parallel(n_jobs=jobs, backend=backend)(
+    redone = parallel(jobs)(
         delayed(apply_one)(ds, by_id[sid], SamplePlan.from_dict(records[sid]), cfg, pattern, None) for sid in ids
     )
     for sid, new in zip(ids, redone, strict=True):

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from poisongen.cli import ErrorsAsOneLine
 from poisongen.config import parse_size
+from poisongen.console import ErrorsAsOneLine
 from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError
 from poisongen.writer import staging

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from poisongen import manifest as _manifest
+from poisongen import record as _record
 from poisongen.datasets import Layout
 from poisongen.errors import PoisonGenError
 from poisongen.targets import TARGET_LABEL_RULES, target_label
@@ -87,11 +87,7 @@ class AttackInfo:
     band_notation: str | None = None  # "[L, U)" (Euclidean) or "(L, U]" (chessboard); None: older manifests
 
     def band_label(self) -> str | None:
-        if self.band is None:
-            return None
-        lo, hi = self.band
-        left, right = {"[L, U)": "[)", "(L, U]": "(]"}.get(self.band_notation or "", "()")
-        return f"{left}{lo:g}, {'inf' if math.isinf(hi) else f'{hi:g}'}{right}"
+        return None if self.band is None else _record.band_text(*self.band, self.band_notation)
 
 
 def read_attack_info(root: str | Path) -> AttackInfo | None:
@@ -101,29 +97,19 @@ def read_attack_info(root: str | Path) -> AttackInfo | None:
     if not path.is_file():
         return None
     m = _manifest.load(path)
-    cfg = m.get("config") or {}
-    victim = cfg.get("victim") or ()
-    if isinstance(victim, int):
-        victim = (victim,)
-    target = cfg.get("target")
-    placement = cfg.get("placement") or {}
-    band = None
-    if "lower" in placement:
-        lo = float(placement.get("lower") or 0.0)
-        up = placement.get("upper")
-        band = (lo, math.inf if up is None else float(up))
+    rec = _record.config_record(m)
     return AttackInfo(
-        kind=str(m.get("kind", "train")),
-        victim=tuple(int(v) for v in victim),
-        target=None if target is None else int(target),
-        split=cfg.get("split"),
+        kind=rec.kind,
+        victim=rec.victim,
+        target=rec.target,
+        split=rec.split,
         sample_ids=tuple(str(s["id"]) for s in m.get("samples", [])),
-        band=band,
+        band=rec.band,
         fingerprint=m.get("output_fingerprint"),
-        attack=cfg.get("attack"),
-        target_labels=m.get("kind") == "testset" and (cfg.get("relabel") or {}).get("rule") in TARGET_LABEL_RULES,
+        attack=rec.attack,
+        target_labels=rec.kind == "testset" and rec.rule in TARGET_LABEL_RULES,
         condition={str(s["id"]): bool(s["condition"]) for s in m.get("samples", []) if "condition" in s} or None,
-        band_notation=m.get("band_notation"),
+        band_notation=rec.band_notation,
     )
 
 

@@ -685,7 +685,7 @@ def test_clean_trees_pass_the_check(tmp_path, run_cli):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--layout", "coco"], ["unknown layout 'coco'", "valid layouts are {cityscapes, voc, ade20k, folder"]),
+        (["--layout", "coco"], ["'--layout': 'coco' is not one of 'cityscapes', 'voc', 'ade20k', 'folder'"]),
         (["--layout", "ade20k"], ["is not a ade20k dataset", "expected ade20k: ADEChallengeData2016/"]),
     ],
 )

@@ -330,9 +330,9 @@ BAD = [
     (["--rate", "0.25", "--trigger-size", "100x10"], "trigger 100x10 is larger than the images (64x128)"),
     (["--rate", "0.25", "--lower", "10", "--upper", "5"], "needs --lower < --upper, got L=10.0, U=5.0"),
     (["--rate", "0.25", "--prl-pixels", "-1"], "--prl-pixels -1 must be >= 0"),
-    (["--rate", "0.25", "--metric", "manhattan"], "unknown --metric 'manhattan'; valid are {euclidean, chessboard}"),
-    (["--rate", "0.25", "--link", "move"], "unknown --link 'move'; valid are {copy, hardlink, symlink}"),
-    (["--rate", "0.25", "--layout", "kitti"], "unknown layout 'kitti'"),
+    (["--rate", "0.25", "--metric", "manhattan"], "'--metric': 'manhattan' is not one of 'euclidean', 'chessboard'"),
+    (["--rate", "0.25", "--link", "move"], "'--link': 'move' is not one of 'copy', 'hardlink', 'symlink'"),
+    (["--rate", "0.25", "--layout", "kitti"], "'--layout': 'kitti' is not one of 'cityscapes', 'voc', 'ade20k'"),
     (["--rate", "0.25", "--trigger-size", "5x"], "--trigger-size '5x'"),
 ]
 

@@ -3,6 +3,7 @@ other, readers (ours and torchvision's), safe writing and the ``synth`` command.
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,7 @@ def test_generate_default_notes_and_uses_defaults(tmp_path, monkeypatch, capsys)
     assert set(seen) <= {"out", "jobs"}  # sizes, counts and seed are the documented defaults
     err = capsys.readouterr().err
     assert "generating" in err and str(root) in err and "poisongen synth" in err and len(err.splitlines()) == 1
+    assert re.search(r"first use of --src synthetic: generating 500 .* about \d+ s on \d+ core", err), err
 
 
 def test_cli_synth(run_cli, tmp_path):

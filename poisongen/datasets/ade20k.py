@@ -8,13 +8,13 @@ Annotations are grayscale ``uint8`` PNGs: value ``v`` in 1..150 is class ``v - 1
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..codecs import encode_png, read_gray, read_rgb
 from ..errors import DatasetError
-from .base import IGNORE, ClassInfo, DatasetMeta, Layout, Sample, rel
+from .base import IGNORE, IMAGE, LABEL, ClassInfo, DatasetMeta, Layout, Sample, is_image, rel
 
 DIR = "ADEChallengeData2016"
 
@@ -108,6 +108,15 @@ def find_ade_dir(root: Path) -> Path | None:
 
 class ADE20K(Layout):
     name = "ade20k"
+    kinds_known = "images/ and annotations/ PNGs"
+
+    @classmethod
+    def _file_kind(cls, p: PurePosixPath) -> str | None:
+        if "images" in p.parts and is_image(p):
+            return IMAGE
+        if "annotations" in p.parts and p.suffix.lower() == ".png":
+            return LABEL
+        return None
     train_split = "training"
     val_split = "validation"
 

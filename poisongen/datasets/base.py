@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -146,8 +146,21 @@ class LoadedSample:
     instances: np.ndarray | None = None
 
 
+#: file kinds (what ``--scale`` does to a file of that kind: poisongen.rescale.rescale_bytes)
+IMAGE, LABEL, POLYGONS, VOC_XML, COPY = "image", "label", "polygons", "voc_xml", "copy"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def is_image(path: PurePosixPath) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS
+
+
 class Layout(ABC):
-    """A dataset layout on disk. Subclasses set ``name``, ``train_split``, ``val_split``."""
+    """A dataset layout on disk. Subclasses set ``name``, ``train_split``, ``val_split``, and say
+    what kind each of their files is (:meth:`_file_kind`, :attr:`kinds_known`)."""
+
+    #: the files of this layout that have a kind other than ``copy``, in words (for error messages)
+    kinds_known: ClassVar[str] = ""
 
     name: ClassVar[str]
     # plain attributes: layouts whose split names depend on the data (VOC, folder) set them per instance
@@ -271,6 +284,29 @@ class Layout(ABC):
         from ..codecs import encode_rgb
 
         return {sample.image: encode_rgb(image, Path(sample.image).suffix, jpeg_quality)}
+
+    # --- what each file is ------------------------------------------------------------------
+    @classmethod
+    def _file_kind(cls, path: PurePosixPath) -> str | None:
+        """The kind of a file of this layout (relative path), or None for "not one of its kinds"; each
+        layout overrides it (a layout that does not cannot be rescaled: its images are refused)."""
+        return None
+
+    @classmethod
+    def file_kind(cls, rel_path: str) -> str:
+        """The kind of a file (relative POSIX path): image, label, polygons, voc_xml, or copy for a
+        file that is no image. An image file the layout does not know raises, since it could be a
+        label that must never be interpolated."""
+        p = PurePosixPath(rel_path)
+        kind = cls._file_kind(p)
+        if kind is not None:
+            return kind
+        if is_image(p):
+            raise DatasetError(
+                f"--scale cannot tell what {rel_path} is (a {cls.name} dataset rescales {cls.kinds_known}); move it "
+                f"out of the source or run without --scale"
+            )
+        return COPY
 
     # --- whole tree ------------------------------------------------------------------------
     def all_files(self) -> list[str]:

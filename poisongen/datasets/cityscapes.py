@@ -8,14 +8,14 @@ source has, consistently; pixels whose raw id has no train id are kept.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
 
 from ..codecs import encode_png, read_gray, read_rgb, read_unchanged
 from ..errors import DatasetError
-from .base import IGNORE, ClassInfo, DatasetMeta, Layout, Sample, rel
+from .base import IGNORE, IMAGE, LABEL, POLYGONS, ClassInfo, DatasetMeta, Layout, Sample, is_image, rel
 
 
 class Label(NamedTuple):
@@ -107,6 +107,18 @@ KINDS = ("labelIds", "labelTrainIds", "instanceIds", "color")
 
 class Cityscapes(Layout):
     name = "cityscapes"
+    kinds_known = "*Img8bit*/ images, gt*/ label PNGs, *_polygons.json"
+
+    @classmethod
+    def _file_kind(cls, p: PurePosixPath) -> str | None:
+        top = p.parts[0]
+        if p.name.endswith("_polygons.json"):
+            return POLYGONS
+        if top.startswith("gt") and p.suffix.lower() == ".png":  # gtFine, gtCoarse: label encodings
+            return LABEL
+        if "Img8bit" in top and is_image(p):  # leftImg8bit, rightImg8bit, leftImg8bit_sequence
+            return IMAGE
+        return None
     train_split = "train"
     val_split = "val"
 

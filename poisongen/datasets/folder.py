@@ -21,7 +21,7 @@ import yaml
 
 from ..codecs import encode_palette_png, encode_png, read_palette_png, read_rgb
 from ..errors import DatasetError, choices
-from .base import IGNORE, ClassInfo, DatasetMeta, Layout, Sample, rel
+from .base import IGNORE, IMAGE, LABEL, ClassInfo, DatasetMeta, Layout, Sample, is_image, rel
 from .voc import voc_colormap
 
 CONFIG = "dataset.yaml"
@@ -216,6 +216,15 @@ def load_config(root: Path) -> FolderConfig:
 
 class Folder(Layout):
     name = "folder"
+    kinds_known = "images/ and masks/ PNGs"
+
+    @classmethod
+    def _file_kind(cls, p: PurePosixPath) -> str | None:
+        if p.parts[0] == "images" and is_image(p):
+            return IMAGE
+        if p.parts[0] == "masks" and p.suffix.lower() == ".png":
+            return LABEL
+        return None
 
     def __init__(self, root: str | Path):
         super().__init__(root)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from joblib import Parallel, delayed
 
+from ..parallel import delayed, parallel
 from .base import Layout, Sample
 
 
@@ -26,7 +26,7 @@ def dataset_summary(ds: Layout, read: bool = False, jobs: int = 1) -> dict:
     pixels = np.zeros(256, np.int64)
     images = np.zeros(256, np.int64)
     for split in ds.splits():
-        results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
+        results = parallel(jobs)(
             delayed(_read_one)(ds, s) for s in ds.samples(split)
         )
         sizes[split] = [f"{h}x{w}" for (h, w), _ in Counter(r[0] for r in results).most_common()]

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
 
 from ..codecs import encode_png, encode_rgb, write_bytes
 from ..errors import ConfigError
+from ..parallel import delayed, parallel
 from ..writer import staging
 from .cityscapes import GT, ID_TO_TRAIN, IMG_SUFFIX, Cityscapes, colorize
 from .stats import dataset_summary
@@ -1260,7 +1260,7 @@ def generate(out: Path, train: int = 400, val: int = 100, size: tuple[int, int] 
         for split_index, (split, n) in enumerate((("train", train), ("val", val))):
             for i, (city, sid) in enumerate(_sample_names(split, n)):
                 tasks.append(delayed(_write_sample)(str(tmp), split, split_index, i, city, sid, (h, w), seed))
-        Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(tasks)
+        parallel(jobs)(tasks)
         meta = {
             "generator": "poisongen.datasets.synthetic",
             "version": VERSION,
@@ -1277,12 +1277,18 @@ def generate(out: Path, train: int = 400, val: int = 100, size: tuple[int, int] 
     return summary
 
 
+#: CPU-seconds to generate the default set (500 images at 256x512; docs/synthetic.md measures 30)
+DEFAULT_CPU_SECONDS = 35
+
+
 def generate_default(root: Path) -> Path:
-    """Generate the default synthetic set (400 train + 100 val, 256x512, seed 0) into ``root``."""
+    """Generate the default synthetic set (400 train + 100 val, 256x512, seed 0) into ``root``, saying
+    so on stderr in one line: where, and about how long."""
     root = Path(root)
-    print(f"poisongen: generating the synthetic street scenes (400 train + 100 val, 256x512, seed 0) in {root}; "
-          f"set $POISONGEN_DATA to put them elsewhere, or run `poisongen synth --out DIR` for other sizes",
-          file=sys.stderr)
-    jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    generate(root, jobs=max(1, jobs))
+    jobs = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    print(f"poisongen: first use of --src synthetic: generating 500 street scenes (400 train + 100 val, 256x512, "
+          f"seed 0) in {root.resolve()}, about {max(5, math.ceil(DEFAULT_CPU_SECONDS / jobs))} s on {jobs} "
+          f"core(s), once; set $POISONGEN_DATA to put them elsewhere, or run `poisongen synth --out DIR` for other "
+          f"sizes", file=sys.stderr)
+    generate(root, jobs=jobs)
     return root

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..codecs import encode_palette_png, encode_png, read_palette_png, read_rgb
 from ..errors import DatasetError
-from .base import ClassInfo, DatasetMeta, Layout, Sample, rel
+from .base import IMAGE, LABEL, VOC_XML, ClassInfo, DatasetMeta, Layout, Sample, is_image, rel
 
 NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -55,6 +55,7 @@ LISTS = Path("ImageSets") / "Segmentation"
 IMAGES = "JPEGImages"
 LABELS = "SegmentationClass"
 LABELS_AUG = "SegmentationClassAug"
+LABEL_DIRS = (LABELS, LABELS_AUG, "SegmentationObject")  # label PNGs (--scale: nearest only)
 AUG_SUFFIX = "_aug"
 
 
@@ -69,6 +70,17 @@ def find_voc_dir(root: Path) -> Path | None:
 
 class VOC(Layout):
     name = "voc"
+    kinds_known = "JPEGImages/, SegmentationClass[Aug]/ and SegmentationObject/ PNGs, Annotations/*.xml"
+
+    @classmethod
+    def _file_kind(cls, p: PurePosixPath) -> str | None:
+        if "JPEGImages" in p.parts and is_image(p):
+            return IMAGE
+        if any(d in p.parts for d in LABEL_DIRS) and p.suffix.lower() == ".png":
+            return LABEL
+        if "Annotations" in p.parts and p.suffix.lower() == ".xml":
+            return VOC_XML
+        return None
     train_split = "train"
     val_split = "val"
 

@@ -11,7 +11,8 @@ from builders import build_cityscapes
 
 from poisongen.cli import app as poisongen_app
 from poisongen.manifest import load
-from poisongen.placement import NO_CENTRE_IN_BAND, band_notation, choose, in_band
+from poisongen.placement import NO_CENTRE_IN_BAND, choose, in_band
+from poisongen.record import band_notation
 
 CAR = 13
 

@@ -1,0 +1,34 @@
+"""The one place poisongen creates joblib ``Parallel`` runs and picks their backend.
+
+Every parallel map in poisongen (planning, poisoning, verifying, rescaling, generating the synthetic
+scenes, ``info --check``) goes through :func:`parallel`, so that another backend (joblib's ``dask``
+against a ``dask.distributed`` scheduler, for many machines) is added here and nowhere else. Results never
+depend on the backend or the worker count: every task is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+from joblib import Parallel, delayed
+
+from .errors import ConfigError, choices
+
+__all__ = ["BACKENDS", "delayed", "parallel"]
+
+#: backends a run may ask for; "loky" = worker processes on this machine
+BACKENDS = ("loky",)
+
+
+def parallel(jobs: int, *, return_as: str = "list", backend: str = "loky") -> Parallel:
+    """A joblib ``Parallel`` over ``jobs`` workers: ``backend`` when ``jobs > 1``, else in this process.
+
+    Args:
+        jobs: worker count (>= 1; the CLIs turn ``--jobs 0`` into the core count first).
+        return_as: ``"list"`` or ``"generator"`` (results in task order as they complete).
+        backend: one of :data:`BACKENDS`.
+
+    Raises:
+        ConfigError: unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown parallel backend '{backend}'; valid are {choices(BACKENDS)}")
+    return Parallel(n_jobs=jobs, backend=backend if jobs > 1 else "sequential", return_as=return_as)

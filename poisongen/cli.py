@@ -77,6 +77,7 @@ InstancesOpt = Annotated[str | None, typer.Option(help="instance: which victim i
 KOpt = Annotated[int | None, typer.Option("--k", help="instance: how many instances per image (default 1).")]
 ConditionOpt = Annotated[str | None, typer.Option(help="conditional: class(es) an image must hold for the rule to apply, comma list.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="o2o/o2b/b2o/b2b: run even if the classes' thing/stuff categories do not fit.")]
+SignOpt = Annotated[Path | None, typer.Option("--sign", help="Key file (>= 32 bytes): sign the manifest with HMAC-SHA256; check with 'verify --key'.")]
 
 
 @app.command()
@@ -326,13 +327,16 @@ def make_attack_command(attack: str):
         k: KOpt = None,
         condition: ConditionOpt = None,
         force: ForceOpt = False,
+        sign: SignOpt = None,
     ) -> None:
-        values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset")}
+        values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "dry_run", "quiet", "attack", "preset", "sign")}
         from . import pipeline
         from .plan import build_plan
+        from .signing import load_key
 
         if rate is None and count is None and config is None:
             raise ConfigError("give --rate R (in (0, 1]) or --count N")
+        sign_key = load_key(sign) if sign is not None else None
         ds, cfg = _attack_options(ctx, attack, "train", values)
         n_jobs = jobs or default_jobs()
         if dry_run:
@@ -352,7 +356,7 @@ def make_attack_command(attack: str):
             raise ConfigError("give --out FOLDER (or --dry-run)")
         manifest, _, timings = pipeline.run(
             ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
-            progress=progress_bars(quiet),
+            progress=progress_bars(quiet), sign_key=sign_key,
         )
         print_run_summary(manifest, timings, out_dir)
 
@@ -410,27 +414,32 @@ def testset(
     k: KOpt = None,
     condition: ConditionOpt = None,
     force: ForceOpt = False,
+    sign: SignOpt = None,
+    key: Annotated[Path | None, typer.Option("--key", help="With --from-manifest: that manifest must be signed with this key file.")] = None,
 ) -> None:
     """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
     trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written
     too, under target_labels/. One run per distance band; reuse positions with --from-manifest."""
-    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest", "attack")}
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "out_dir", "jobs", "overwrite", "quiet", "from_manifest", "attack", "sign", "key")}
     from . import manifest as mf
     from . import pipeline
     from .attacks import resolve
     from .datasets import open_dataset
+    from .signing import load_key
 
     values = merge_config_file(ctx, values, values.pop("config"))
     n_jobs = jobs or default_jobs()
+    sign_key = load_key(sign) if sign is not None else None
+    if key is not None and from_manifest is None:
+        raise ConfigError("--key checks the signature of --from-manifest; give --from-manifest too")
     ds = open_dataset(values.pop("src"), values.pop("layout"))
     plan, extra = None, {}
     if from_manifest is not None:
         m = mf.load(from_manifest)
+        mf.check_sealed(m, from_manifest, load_key(key, "--key") if key is not None else None)
         if m.get("kind") != "testset":
             raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
-        from .config import AttackConfig
-
-        cfg = AttackConfig.from_dict(m["config"])
+        cfg = mf.attack_config(m, from_manifest)
         plan = pipeline.plan_from_manifest(ds, m, cfg)
         extra = {"from_manifest": {"path": str(from_manifest), "integrity": m["integrity"]}}
     else:
@@ -443,7 +452,7 @@ def testset(
         )
     manifest, _, timings = pipeline.run(
         ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
-        progress=progress_bars(quiet), plan=plan, extra=extra,
+        progress=progress_bars(quiet), plan=plan, extra=extra, sign_key=sign_key,
     )
     print_run_summary(manifest, timings, out_dir)
 
@@ -459,17 +468,20 @@ def scale_dataset(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     layout: LayoutOpt = None,
+    sign: SignOpt = None,
 ) -> None:
     """Write the clean dataset rescaled (every split, every file) with its own manifest: the clean
     counterpart of an attack run with the same --scale (for the clean model)."""
     from .datasets import open_dataset
     from .pipeline import normalised_command
     from .rescale import write_scaled
+    from .signing import load_key
 
+    sign_key = load_key(sign) if sign is not None else None
     ds = open_dataset(src, layout)
     manifest, timings = write_scaled(
         ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=jobs or default_jobs(), overwrite=overwrite,
-        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet),
+        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet), sign_key=sign_key,
     )
     c = manifest["counts"]
     out.print(f"rescaled {c['rewritten']} of {c['files']} files by {scale:g} in {timings['scale']:.2f} s -> {out_dir}")
@@ -481,20 +493,30 @@ def verify(
     out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder (holding manifest.json).")],
     src: Annotated[str | None, typer.Option("--src", help="The source dataset: re-derive every poisoned file from it.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j")] = 0,
+    key: Annotated[Path | None, typer.Option("--key", help="Key file the manifest must be signed with (--sign): fails on an unsigned manifest, another key or any edit.")] = None,
 ) -> None:
-    """Re-hash every file against the manifest; with --src, re-derive every poisoned file. Exit 1 on
-    any mismatch, listing each."""
+    """Re-hash every file against the manifest; with --src, compare the file list with the source's and
+    re-derive every poisoned file. Exit 1 on any mismatch, listing each."""
     from rich.markup import escape
 
+    from . import manifest as mf
+    from .signing import load_key
+    from .verify import unhashed_files
     from .verify import verify as run_verify
 
-    problems = run_verify(out_dir, src, jobs or default_jobs())
+    secret = load_key(key, "--key") if key is not None else None
+    problems = run_verify(out_dir, src, jobs or default_jobs(), key=secret)
+    unhashed = len(unhashed_files(mf.load(out_dir)))
+    if unhashed:
+        how = "compared with the source's files instead" if src else "their content was not checked (give --src to compare them with the source)"
+        out.print(f"[yellow]note[/] {unhashed} file(s) have no sha256 in the manifest (--no-hash): {how}", soft_wrap=True)
     if problems:
         for p in problems:
             out.print(f"[red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)
         out.print(f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1)
-    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else ""), soft_wrap=True)
+    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else "")
+              + (" (signature checked)" if key else ""), soft_wrap=True)
 
 
 @app.command()

@@ -103,8 +103,10 @@ def run(
     progress: ProgressFactory = _no_progress,
     plan: Plan | None = None,
     extra: dict | None = None,
+    sign_key: bytes | None = None,
 ) -> tuple[dict, Plan, dict]:
-    """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds)."""
+    """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds).
+    ``sign_key``: sign the manifest with HMAC-SHA256 (``--sign``)."""
     out = Path(out)
     check_out(ds.root, out, overwrite)
     timings: dict[str, float] = {}
@@ -189,6 +191,7 @@ def run(
             unchanged=unchanged,
             source_files=source_files,
             extra=ext,
+            sign_key=sign_key,
         )
         mf.save(manifest, tmp / mf.NAME)
     return manifest, plan, timings

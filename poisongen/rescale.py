@@ -416,9 +416,10 @@ def write_scaled(
     overwrite: bool = False,
     command: list[str] | None = None,
     progress=None,
+    sign_key: bytes | None = None,
 ) -> tuple[dict, dict]:
     """``poisongen scale``: the clean dataset rescaled into ``out`` (staged, renamed at the end) with
-    its own manifest (kind ``scale``). Returns (manifest, timings)."""
+    its own manifest (kind ``scale``; signed with ``sign_key`` if given). Returns (manifest, timings)."""
     import time
     from contextlib import nullcontext
     from datetime import datetime, timezone
@@ -454,6 +455,7 @@ def write_scaled(
             unchanged=tree.files,
             source_files=tree.source_files,
             extra={"rescaled": rescaled_record(scale, tree), "encoders": encoder_settings()},
+            sign_key=sign_key,
         )
         mf.save(manifest, tmp / mf.NAME)
     return manifest, {"scale": time.perf_counter() - t0}

@@ -99,6 +99,16 @@ def _label_title(m: dict, rec: dict) -> str:
 
 
 def save_panel(out_dir: Path, sample_id: str, png: Path, src: str | Path | None = None) -> None:
+    png = Path(png)
+    if png.is_dir():
+        raise PoisonGenError(f"--png {png} is a directory; give a file name such as {png / (sample_id + '.png')}")
+    if png.suffix.lower() != ".png":
+        raise PoisonGenError(f"--png {png} must end in .png")
     img = panel(out_dir, sample_id, src)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(png), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    try:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(png), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error) as exc:
+        raise PoisonGenError(f"cannot write --png {png}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not ok:
+        raise PoisonGenError(f"cannot write --png {png}")

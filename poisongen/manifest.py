@@ -19,8 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from . import __version__
-from . import signing
+from . import __version__, signing
 from .errors import PoisonGenError
 
 SCHEMA_VERSION = 1
@@ -215,7 +214,8 @@ def _shape(value, shape, where: str) -> str | None:
             if problem:
                 return problem
         return None
-    if isinstance(value, bool) or not isinstance(value, shape) or (isinstance(value, float) and not math.isfinite(value)):
+    bad_float = isinstance(value, float) and not math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, shape) or bad_float:
         want = {_STR: "a string", _INT: "an integer", _NUM: "a number"}.get(shape, "/".join(t.__name__ for t in shape))
         return f"'{where}' is {value!r:.40}, expected {want}"
     return None

@@ -56,7 +56,8 @@ def check(body: bytes, record: object, key: bytes) -> str | None:
     """None if ``record`` is a valid signature of ``body`` under ``key``, else one line saying why not."""
     if record is None:
         return "manifest.json: not signed, but --key was given (an unsigned manifest cannot be trusted under --key)"
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("algorithm", "key_id", "value")):
+    fields = ("algorithm", "key_id", "value")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in fields):
         return "manifest.json: the signature record is malformed"
     if record["algorithm"] != ALGORITHM:
         return f"manifest.json: signature algorithm '{record['algorithm']}' is not {ALGORITHM}"

@@ -74,7 +74,8 @@ def prepare_pattern(source: str | Path, size: tuple[int, int]) -> tuple[np.ndarr
         raise TriggerError(f"trigger {source} is fully transparent (alpha 0 everywhere): it would paint nothing")
     pattern = resize_pattern(loaded, size)
     if not pattern[..., 3].any():
-        raise TriggerError(f"trigger {source} resized to {size[0]}x{size[1]} is fully transparent: it would paint nothing")
+        raise TriggerError(
+            f"trigger {source} resized to {size[0]}x{size[1]} is fully transparent: it would paint nothing")
     return pattern, sha256_array(pattern)
 
 

@@ -20,6 +20,15 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def one_error_line(result) -> str:
+    """Assert a CLI result is a user error: exit 2, exactly one non-blank line on stderr, no traceback;
+    return that line."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
 @pytest.fixture
 def run_cli():
     """Invoke a CLI app in-process: ``run_cli(app, [args])`` -> click Result (exit_code, stdout, stderr)."""

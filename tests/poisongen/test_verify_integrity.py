@@ -7,19 +7,13 @@ import os
 import shutil
 
 import pytest
+from conftest import one_error_line
 
 from poisongen import manifest as mf
 from poisongen.cli import app
 from poisongen.signing import key_id, load_key
 
 TRIG = ["--trigger-size", "5"]
-
-
-def one_error_line(result):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def nni(run_cli, src, out, *extra):
@@ -53,7 +47,7 @@ def test_injected_sample_with_resealed_manifest_fails_verify_src(run_cli, tiny_s
     city = clean.split("/")[2]
     fake_img = f"leftImg8bit/train/{city}/{city}_999999_000019_leftImg8bit.png"
     fake_lab = f"gtFine/train/{city}/{city}_999999_000019_gtFine_labelTrainIds.png"
-    label_of_clean = clean.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    label_of_clean = clean.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit", "_gtFine_labelTrainIds")
     assert (out / label_of_clean).is_file()
     shutil.copyfile(out / clean, out / fake_img)
     shutil.copyfile(out / label_of_clean, out / fake_lab)
@@ -147,7 +141,8 @@ def test_testset_sign_and_from_manifest_key(run_cli, tiny_synth, tmp_path, key):
     test = tmp_path / "test"
     r = run_cli(app, ["testset", "--src", tiny_synth, "--out", test, "-q", "--sign", key, *TRIG])
     assert r.exit_code == 0, r.stderr
-    r = run_cli(app, ["testset", "--src", tiny_synth, "--out", tmp_path / "a", "--from-manifest", test, "--key", key, "-q"])
+    r = run_cli(app, ["testset", "--src", tiny_synth, "--out", tmp_path / "a", "--from-manifest", test,
+                      "--key", key, "-q"])
     assert r.exit_code == 0, r.stderr
     other = tmp_path / "other.bin"
     other.write_bytes(os.urandom(32))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tree_hashes
+from conftest import one_error_line, tree_hashes
 
 from poisongen import manifest as mf
 from poisongen import writer
@@ -20,13 +20,6 @@ from poisongen.cli import app
 from poisongen.datasets.synthetic import generate
 
 TRIG = ["--trigger-size", "5"]
-
-
-def one_error_line(result):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def nothing_beside(out: Path):

@@ -24,13 +24,25 @@ class ErrorsAsOneLine(typer.core.TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
-        except PoisonGenError as exc:
-            from rich.markup import escape
+            from typer._click.exceptions import UsageError  # typer >= 0.29 vendors click
+        except ImportError:  # pragma: no cover - older typer on click
+            from click.exceptions import UsageError
 
-            # escape: a path or value in the message may contain [brackets] that rich would eat
-            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:  # a misspelled option, a non-number for --rate: one line too
+            where = exc.ctx.command_path if exc.ctx is not None else "poisongen"
+            self._one_line(f"{' '.join(exc.format_message().split())} (see '{where} --help')", 2)
+        except PoisonGenError as exc:
+            self._one_line(str(exc), exc.exit_code)
+
+    @staticmethod
+    def _one_line(message: str, code: int):
+        from rich.markup import escape
+
+        # escape: a path or value in the message may contain [brackets] that rich would eat
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
 
 
 app = typer.Typer(

@@ -23,7 +23,7 @@ from .datasets.base import Layout
 from .errors import PoisonGenError
 from .plan import Plan, SamplePlan, build_plan
 from .rescale import POISONED_DIR, SCALED_DIR, move_tree, rescaled_copy, rescaled_record
-from .triggers import prepare_trigger
+from .triggers import check_paints, prepare_trigger
 from .writer import check_out, mirror, staging
 
 # A progress callback factory: (description, total) -> context manager yielding advance(n).
@@ -112,6 +112,7 @@ def run(
     timings: dict[str, float] = {}
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
+    check_paints(t.kind, pattern, t.alpha)
     cfg = with_trigger_hash(cfg, sha)
     with staging(out) as tmp:
         work, dest, tree = ds, tmp, None

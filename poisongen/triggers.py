@@ -125,6 +125,20 @@ def prepare_trigger(kind: str, source: str | Path, size: tuple[int, int], semant
     return None, hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_paints(kind: str, pattern: np.ndarray | None, alpha: float) -> None:
+    """Refuse a trigger that cannot change any pixel of any image: the largest blend weight
+    ``alpha * a`` times the largest colour step (255) rounds to 0. Poisoning with it would relabel
+    pixels with no trigger in the image (SPEC: never a changed label without its trigger)."""
+    if kind == "semantic":
+        return  # G(x) = x by design: the class present is the trigger
+    weight = float(alpha) * (1.0 if pattern is None else float(pattern[..., 3].max()) / 255.0)
+    if weight * 255.0 < 0.5:
+        raise TriggerError(
+            f"the {kind} trigger at --alpha {alpha:g} changes no pixel (largest blend weight {weight:.2g} < 1/510); "
+            "raise --alpha or use a more opaque trigger"
+        )
+
+
 def apply_trigger(image: np.ndarray, kind: str, pattern: np.ndarray | None, alpha: float,
                   top_left: tuple[int, int] | None, line_width: int) -> np.ndarray:
     """Paint one sample's trigger: the pattern at ``top_left``, the line band, or nothing (semantic:

@@ -74,6 +74,11 @@ CASES = [
     (attack("nni", "--rate", "0.25", "--trigger", "{m}/empty.png"), "is empty (give a PNG/JPEG/BMP file)"),
     (attack("nni", "--rate", "0.25", "--trigger", "{m}/clear.png"), "is fully transparent (alpha 0 everywhere)"),
     (attack("nni", "--rate", "0.25", "--trigger", "{m}/garbage.png"), "unreadable trigger image"),
+    (attack("nni", "--rate", "0.25", "--trigger", "{m}/faint.png", "--alpha", "0.4"),
+     "trigger at --alpha 0.4 changes no pixel"),
+    (attack("nni", "--rate", "0.25", "--alpha", "0.001"), "trigger at --alpha 0.001 changes no pixel"),
+    (attack("fgba", "--rate", "0.25", "--matrix", "person:car", "--alpha", "0.001"),
+     "the line trigger at --alpha 0.001 changes no pixel"),
     (attack("nni", "--rate", "0.25", "--trigger", "{m}/missing.png"), "trigger file not found"),
     (attack("nni", "--rate", "0.25", "--strategy", "fixed", "--position", "a,b"),
       "--position 'a,b' is not corner, top or 'y,x'"),
@@ -158,6 +163,9 @@ def material(tiny_synth, tmp_path_factory):
     (m / "empty.png").write_bytes(b"")
     (m / "garbage.png").write_bytes(b"not an image")
     cv2.imwrite(str(m / "clear.png"), np.zeros((8, 8, 4), np.uint8))
+    faint = np.full((8, 8, 4), 255, np.uint8)
+    faint[..., 3] = 1  # alpha 1/255: at --alpha 0.4 no pixel can change
+    cv2.imwrite(str(m / "faint.png"), faint)
     (m / "empty.key").write_bytes(b"")
     (m / "short.key").write_bytes(b"12345\n")
     (m / "good.key").write_bytes(os.urandom(32))

@@ -124,8 +124,11 @@ def save(manifest: dict, path: Path) -> None:
     path.write_text(json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n")
 
 
-def load(path: str | Path) -> dict:
-    """Read a manifest (a file, or a dataset folder holding ``manifest.json``)."""
+def load(path: str | Path, *, complete: bool = True) -> dict:
+    """Read a manifest (a file, or a dataset folder holding ``manifest.json``). Always refused in one line:
+    not JSON, NaN, not an object, another schema_version. ``complete`` (the default, for verify, diff, show
+    and testset): also every key the readers use, with its type (``shape_problem``); segtrain, which reads
+    a few keys with defaults, passes False."""
     path = Path(path)
     if path.is_dir():
         path = path / NAME
@@ -147,7 +150,7 @@ def load(path: str | Path) -> dict:
         raise PoisonGenError(
             f"manifest {path} has schema_version {m.get('schema_version')!r}; this poisongen reads {SCHEMA_VERSION}"
         )
-    problem = shape_problem(m)
+    problem = shape_problem(m) if complete else None
     if problem:
         raise PoisonGenError(f"manifest {path} is malformed: {problem}")
     return m
@@ -187,7 +190,9 @@ _SHAPE = {
     "counts": (dict,),
     "source_fingerprint": _STR,
     "output_fingerprint": _STR,
-    "samples": [{"id": _STR, "split": _STR, "files": [_FILE]}],
+    "samples": [{"id": _STR, "split": _STR, "files": [_FILE], "top_left": (list, type(None)),
+                 "distance": (int, float, type(None)), "changes": (dict,), "changed_pixels": _INT,
+                 "changed_mask": {"size": (list,), "counts": (list,)}, "image_size": (list,)}],
     "skipped": [{"id": _STR}],
     "unchanged_files": (dict,),
     "integrity": _STR,

@@ -69,6 +69,9 @@ class BackgroundMirror:
     def result(self) -> dict[str, str | None]:
         try:
             return self._future.result()
+        except BaseException:  # interrupted (SIGINT/SIGTERM) while waiting: stop copying before cleanup
+            self._stop.set()
+            raise
         finally:
             self._pool.shutdown()
 

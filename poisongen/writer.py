@@ -4,8 +4,8 @@ Nothing is ever written into the source. A failed or killed run leaves no ``--ou
 a killed process is removed by the next run. Unchanged files are copied, hard-linked or symlinked,
 hashed on the way (threads: hashing and copying release the GIL).
 
-Faults: a lock file ``.OUT.poisongen-lock`` beside ``--out`` keeps a second run from writing the same
-``--out`` at once (a dead holder's lock is taken over); SIGTERM is handled like SIGINT (temp dir removed,
+Faults: a lock file ``.OUT.poisongen-lock`` beside ``--out`` (fcntl) keeps a second run from writing the
+same ``--out`` at once (a dead holder's lock is taken over); SIGTERM is handled like SIGINT (temp dir removed,
 worker processes ended); an OSError while writing (disk full, read-only folder) becomes one line naming
 the file, with nothing left behind.
 """
@@ -103,35 +103,37 @@ def _read_pid(path: Path) -> int | None:
 
 @contextmanager
 def out_lock(out: Path):
-    """Hold ``.OUT.poisongen-lock`` (created with O_EXCL, holding our PID) while writing ``out``. A lock
-    whose PID is dead (a killed run) is taken over; a live one is an error naming its PID."""
+    """Hold ``.OUT.poisongen-lock`` (an fcntl lock on a file holding our PID) while writing ``out``. The
+    kernel drops the lock when its holder dies, so a killed run's lock file is simply taken over; a held
+    one is an error naming its holder's PID. The file is removed at the end."""
+    import fcntl
+
     path = lock_path(out)
-    for _ in range(3):
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
             pid = _read_pid(path)
-            if pid is not None and pid != os.getpid() and _pid_alive(pid):
-                raise PoisonGenError(
-                    f"--out {out} is being written by another poisongen run (PID {pid}, lock {path}); wait for it, "
-                    "or remove the lock file if that process is not poisongen"
-                ) from None
-            # a dead holder (or one that died before writing its PID): take it over
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise PoisonGenError(f"could not take the lock {path} for --out {out}; another run keeps taking it")
+            raise PoisonGenError(
+                f"--out {out} is being written by another poisongen run (PID {pid if pid else '?'}, lock {path}); "
+                "wait for it to finish"
+            ) from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield path
     finally:
-        if _read_pid(path) == os.getpid():
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # while still holding the lock, so nobody locks a file about to go
+        os.close(fd)
 
 
 class Terminated(SystemExit):
@@ -258,15 +260,20 @@ def mirror(
     Once ``stop`` is set, the files not yet started are skipped (the result is then incomplete)."""
     files = list(files)
     out: dict[str, str | None] = {}
+    stop = stop if stop is not None else threading.Event()
 
     def one(rel: str) -> str | None:
-        if stop is not None and stop.is_set():
+        if stop.is_set():
             return None
         return _copy_one(src_root, dst_root, rel, link, hash_files)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for rel, digest in zip(files, pool.map(one, files), strict=True):
-            out[rel] = digest
-            if progress:
-                progress(1)
+        try:
+            for rel, digest in zip(files, pool.map(one, files), strict=True):
+                out[rel] = digest
+                if progress:
+                    progress(1)
+        except BaseException:  # a failed copy or an interrupt: skip the files not started yet
+            stop.set()
+            raise
     return out

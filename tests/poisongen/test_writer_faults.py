@@ -115,16 +115,20 @@ def test_failed_final_rename_leaves_no_temp_copy(run_cli, tiny_synth, tmp_path, 
 def test_second_run_on_a_locked_out_fails_and_a_dead_lock_is_taken_over(run_cli, tiny_synth, tmp_path):
     out = tmp_path / "out"
     lock = writer.lock_path(out)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid()); print('held', flush=True); "
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE)
     try:
-        lock.write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline() == b"held\n"
         line = one_error_line(run_cli(app, nni_args(tiny_synth, out)))
         assert f"being written by another poisongen run (PID {holder.pid}" in line
-        assert not out.exists() and lock.read_text() == f"{holder.pid}\n", "another run's lock is left alone"
+        assert not out.exists() and lock.read_text() == f"{holder.pid}", "another run's lock is left alone"
     finally:
         holder.kill()
         holder.wait()
-    # the holder is dead now: its lock is stale and taken over; ours is removed at the end
+    # the holder died (as under SIGKILL) and left its lock file: it is taken over, ours removed at the end
+    assert lock.exists()
     r = run_cli(app, nni_args(tiny_synth, out))
     assert r.exit_code == 0, r.stderr
     assert (out / mf.NAME).is_file() and not lock.exists()

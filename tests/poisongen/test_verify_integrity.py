@@ -2,10 +2,13 @@
 the manifest resealed, --no-hash outputs, testset --from-manifest reuse, and signed manifests
 (--sign / verify --key, HMAC-SHA256)."""
 
+import hashlib
 import json
 import os
 import shutil
+from pathlib import Path
 
+import jsonschema
 import pytest
 from conftest import one_error_line
 
@@ -14,6 +17,7 @@ from poisongen.cli import app
 from poisongen.signing import key_id, load_key
 
 TRIG = ["--trigger-size", "5"]
+SCHEMA = json.loads((Path(__file__).parents[2] / "manifests" / "schema.json").read_text())
 
 
 def nni(run_cli, src, out, *extra):
@@ -108,6 +112,7 @@ def test_signed_manifest_round_trip_and_every_forgery_fails(run_cli, tiny_synth,
     out = tmp_path / "signed"
     m = nni(run_cli, tiny_synth, out, "--sign", key)
     sig = m["signature"]
+    jsonschema.validate(m, SCHEMA)
     assert sig["algorithm"] == "hmac-sha256" and sig["key_id"] == key_id(load_key(key))
     assert m["integrity"] == plain["integrity"], "signing adds a field and changes nothing else"
     assert nni(run_cli, tiny_synth, tmp_path / "again", "--sign", key)["signature"] == sig, "deterministic"
@@ -179,3 +184,12 @@ def test_key_file_keeps_its_bytes_less_one_newline(tmp_path):
     assert load_key(path) == b"k" * 40
     path.write_bytes(b"k" * 40 + b" \n")
     assert load_key(path) == b"k" * 40 + b" "
+
+
+def test_integrity_of_an_unsigned_manifest_is_the_old_formula(run_cli, tiny_synth, tmp_path):
+    """Manifests written before signing existed keep verifying: without a signature the integrity hash is
+    still the sha256 of the canonical JSON less integrity and created_at."""
+    m = nni(run_cli, tiny_synth, tmp_path / "out")
+    body = {k: v for k, v in m.items() if k not in ("integrity", "created_at")}
+    old = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert m["integrity"] == old == mf.integrity(m)

@@ -47,24 +47,33 @@ def check_links_into(src: Path, out: Path) -> None:
     the source): replacing ``out`` would delete the files the source points to. Also refuses a symlink
     loop in the source. Checked before anything is written or deleted."""
     o = out.resolve()
-    for dirpath, dirnames, filenames in os.walk(src):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if not p.is_symlink():
-                continue
-            try:
-                target = p.resolve(strict=True)
-            except (RuntimeError, OSError) as exc:  # a loop (RuntimeError before 3.13) or a dangling link
-                loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
-                what = "a symlink loop" if loop else "a dangling symlink"
-                raise ConfigError(f"the source holds {what} at {p}; remove or fix it") from None
-            if p.is_dir() and (target == p.parent or target in p.parents):
-                raise ConfigError(f"the source holds a symlink loop at {p} (it points to {target}, a folder above it)")
-            if target == o or o in target.parents:
-                raise ConfigError(
-                    f"source file {p} is a symlink into --out {out}; replacing --out would delete what the "
-                    "source points to (copy the source with --link copy, or choose another --out)"
-                )
+    for p in _symlinks(Path(src)):
+        try:
+            target = p.resolve(strict=True)
+        except (RuntimeError, OSError) as exc:  # a loop (RuntimeError before 3.13) or a dangling link
+            loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+            what = "a symlink loop" if loop else "a dangling symlink"
+            raise ConfigError(f"the source holds {what} at {p}; remove or fix it") from None
+        where = p.parent.resolve()
+        if target.is_dir() and (target == where or target in where.parents):
+            raise ConfigError(f"the source holds a symlink loop at {p} (it points to {target}, a folder above it)")
+        if target == o or o in target.parents:
+            raise ConfigError(
+                f"source file {p} is a symlink into --out {out}; replacing --out would delete what the "
+                "source points to (copy the source with --link copy, or choose another --out)"
+            )
+
+
+def _symlinks(root: Path):
+    """Every symlink under ``root`` (not followed), from the directory entries' types: no stat per file."""
+    todo = [root]
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    yield Path(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    todo.append(Path(entry.path))
 
 
 def os_error_line(exc: OSError, what: str) -> str:

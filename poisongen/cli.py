@@ -447,7 +447,7 @@ def testset(
     ds = open_dataset(values.pop("src"), values.pop("layout"))
     plan, extra = None, {}
     if from_manifest is not None:
-        m = mf.load(from_manifest)
+        m = mf.load(from_manifest, complete=True)
         mf.check_sealed(m, from_manifest, load_key(key, "--key") if key is not None else None)
         if m.get("kind") != "testset":
             raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
@@ -518,7 +518,7 @@ def verify(
 
     secret = load_key(key, "--key") if key is not None else None
     problems = run_verify(out_dir, src, jobs or default_jobs(), key=secret)
-    unhashed = len(unhashed_files(mf.load(out_dir)))
+    unhashed = len(unhashed_files(mf.load(out_dir, complete=True)))
     if unhashed:
         how = "compared with the source's files instead" if src else "their content was not checked (give --src to compare them with the source)"
         out.print(f"[yellow]note[/] {unhashed} file(s) have no sha256 in the manifest (--no-hash): {how}", soft_wrap=True)
@@ -542,7 +542,7 @@ def diff(
 
     from . import manifest as mf
 
-    d = mf.diff(mf.load(a), mf.load(b))
+    d = mf.diff(mf.load(a, complete=True), mf.load(b, complete=True))
     if as_json:
         print(json.dumps(d, indent=1, sort_keys=True))
         return

@@ -124,11 +124,11 @@ def save(manifest: dict, path: Path) -> None:
     path.write_text(json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n")
 
 
-def load(path: str | Path, *, complete: bool = True) -> dict:
+def load(path: str | Path, *, complete: bool = False) -> dict:
     """Read a manifest (a file, or a dataset folder holding ``manifest.json``). Always refused in one line:
-    not JSON, NaN, not an object, another schema_version. ``complete`` (the default, for verify, diff, show
-    and testset): also every key the readers use, with its type (``shape_problem``); segtrain, which reads
-    a few keys with defaults, passes False."""
+    not JSON, NaN, not an object, another schema_version. ``complete=True`` (verify, diff, show,
+    testset --from-manifest): also every key those readers use, with its type (``shape_problem``);
+    segtrain reads a few keys with defaults and keeps the lenient default."""
     path = Path(path)
     if path.is_dir():
         path = path / NAME

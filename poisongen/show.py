@@ -27,7 +27,7 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
     """RGB panel, 2x2: clean image | poisoned image with the trigger boxed (the line trigger's band
     boxed; nothing for a semantic trigger, which changes no pixel); clean label | poisoned label (for a
     test set with target labels: the attacker's target label), changed pixels outlined in magenta."""
-    m = mf.load(out_dir)
+    m = mf.load(out_dir, complete=True)
     rec = next((r for r in m["samples"] if r["id"] == sample_id), None)
     if rec is None:
         ids = [r["id"] for r in m["samples"]]

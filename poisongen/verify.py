@@ -35,7 +35,7 @@ def verify(out: Path, src: str | Path | None = None, jobs: int = 1, key: bytes |
     ``src``, the output's whole file list is compared with the source's, then every poisoned file is
     re-derived."""
     out = Path(out)
-    m = mf.load(out)
+    m = mf.load(out, complete=True)
     problems: list[str] = []
     if key is not None and (p := mf.signature_problem(m, key)):
         problems.append(p)

@@ -98,7 +98,7 @@ def read_attack_info(root: str | Path) -> AttackInfo | None:
     path = root if root.is_file() else root / _manifest.NAME
     if not path.is_file():
         return None
-    m = _manifest.load(path, complete=False)
+    m = _manifest.load(path)
     cfg = m.get("config") or {}
     victim = cfg.get("victim") or ()
     if isinstance(victim, int):
@@ -132,7 +132,7 @@ def dataset_fingerprint(layout: Layout) -> dict:
 
     path = layout.root / _manifest.NAME
     if path.is_file():
-        m = _manifest.load(path, complete=False)
+        m = _manifest.load(path)
         return {"source": "manifest", "fingerprint": m.get("output_fingerprint"), "integrity": m.get("integrity"),
                 "kind": m.get("kind"), "attack": (m.get("config") or {}).get("attack")}
     digests = sha256_files(layout.root, layout.all_files(), 4)

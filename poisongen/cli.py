@@ -44,6 +44,8 @@ LayoutOpt = Annotated[
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (the flags' names, dashes "
                                                 "or underscores); flags given on the command line win.")]
+SignOpt = Annotated[Path | None, typer.Option("--sign", help="Key file (>= 32 bytes): sign the manifest with HMAC-SHA256; check with 'verify --key'.")]
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="Key file the manifest must be signed with (--sign): fails on an unsigned manifest, another key or any edit.")]
 
 
 @app.command()
@@ -180,7 +182,8 @@ def _run_parameters(*, out_help: str, out_required: bool) -> tuple[list, list]:
     leading = [_param("ctx", typer.Context), _param("src", SrcOpt),
                _param("out_dir", out_opt, inspect.Parameter.empty if out_required else None)]
     trailing = [_param("config", ConfigOpt, None), _param("jobs", JobsOpt, 0),
-                _param("overwrite", OverwriteOpt, False), _param("quiet", QuietOpt, False)]
+                _param("overwrite", OverwriteOpt, False), _param("quiet", QuietOpt, False),
+                _param("sign", SignOpt, None)]
     return leading, trailing
 
 
@@ -196,13 +199,15 @@ def make_attack_command(attack: str):
     preset = PRESETS[attack]
 
     def body(ctx: typer.Context, src: str, out_dir: Path | None, config: Path | None, jobs: int, overwrite: bool,
-             quiet: bool, dry_run: bool, **values) -> None:
+             quiet: bool, sign: Path | None, dry_run: bool, **values) -> None:
         from . import pipeline
         from .plan import build_plan
+        from .signing import load_key
 
         o = _options(ctx, opts.ATTACK, values, config)
         if o.rate is None and o.count is None:
             raise ConfigError("give --rate R (in (0, 1]) or --count N")
+        sign_key = load_key(sign) if sign is not None else None
         ds = _open(src, o)
         cfg = resolve(ds, attack, kind="train", **o.resolve_kwargs(opts.ATTACK))
         n_jobs = resolve_jobs(jobs)
@@ -223,7 +228,7 @@ def make_attack_command(attack: str):
             raise ConfigError("give --out FOLDER (or --dry-run)")
         manifest, _, timings = pipeline.run(
             ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
-            progress=progress_bars(quiet), extra={"options": o.record(opts.ATTACK)},
+            progress=progress_bars(quiet), extra={"options": o.record(opts.ATTACK)}, sign_key=sign_key,
         )
         print_run_summary(manifest, timings, out_dir)
 
@@ -247,19 +252,24 @@ _register_attacks()
 
 
 def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, jobs: int, overwrite: bool,
-             quiet: bool, from_manifest: Path | None, **values) -> None:
+             quiet: bool, sign: Path | None, from_manifest: Path | None, key: Path | None, **values) -> None:
     from . import manifest as mf
     from . import pipeline
     from .attacks import resolve
+    from .signing import load_key
 
     o = _options(ctx, opts.TESTSET, values, config)
+    sign_key = load_key(sign) if sign is not None else None
+    if key is not None and from_manifest is None:
+        raise ConfigError("--key checks the signature of --from-manifest; give --from-manifest too")
     ds = _open(src, o)
     plan, extra = None, {"options": o.record(opts.TESTSET)}
     if from_manifest is not None:
-        m = mf.load(from_manifest)
+        m = mf.load(from_manifest, complete=True)
+        mf.check_sealed(m, from_manifest, load_key(key, "--key") if key is not None else None)
         if m.get("kind") != "testset":
             raise ConfigError(f"--from-manifest {from_manifest} is a '{m.get('kind')}' manifest; give a testset manifest")
-        cfg = attack_config(m)
+        cfg = attack_config(m, str(from_manifest))
         plan = pipeline.plan_from_manifest(ds, m, cfg)
         extra["from_manifest"] = {"path": str(from_manifest), "integrity": m["integrity"]}
     else:
@@ -267,7 +277,7 @@ def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, j
         cfg = resolve(ds, name, kind="testset", **o.resolve_kwargs(opts.TESTSET))
     manifest, _, timings = pipeline.run(
         ds, cfg, out_dir, overwrite=overwrite, jobs=resolve_jobs(jobs), command=["poisongen", *sys.argv[1:]],
-        progress=progress_bars(quiet), plan=plan, extra=extra,
+        progress=progress_bars(quiet), plan=plan, extra=extra, sign_key=sign_key,
     )
     print_run_summary(manifest, timings, out_dir)
 
@@ -279,7 +289,9 @@ def _register_testset() -> None:
     reuse = _param("from_manifest", Annotated[Path | None, typer.Option(
         "--from-manifest", help="Reuse the trigger positions of this test manifest (identical positions for every "
         "model).")], None)
-    command = _with_parameters(_testset, opts.TESTSET, leading, [*trailing, reuse])
+    key = _param("key", Annotated[Path | None, typer.Option(
+        "--key", help="With --from-manifest: that manifest must be signed with this key file.")], None)
+    command = _with_parameters(_testset, opts.TESTSET, leading, [*trailing, reuse, key])
     command.__doc__ = """Write a Poisoned Test (SPEC section 5): every validation sample the attack applies to gets the
     trigger, labels untouched. For fgba, badnets and instance the attacker's target labels are written
     too, under target_labels/. One run per distance band; reuse positions with --from-manifest."""
@@ -301,16 +313,19 @@ def scale_dataset(
     jobs: JobsOpt = 0,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    sign: SignOpt = None,
 ) -> None:
     """Write the clean dataset rescaled (every split, every file) with its own manifest: the clean
     counterpart of an attack run with the same --scale (for the clean model)."""
     from .datasets import open_dataset
     from .pipeline import normalised_command, write_scaled
+    from .signing import load_key
 
+    sign_key = load_key(sign) if sign is not None else None
     ds = open_dataset(src, layout)
     manifest, timings = write_scaled(
         ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=resolve_jobs(jobs), overwrite=overwrite,
-        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet),
+        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet), sign_key=sign_key,
     )
     c = manifest["counts"]
     out.print(f"rescaled {c['rewritten']} of {c['files']} files by {scale:g} in {timings['scale']:.2f} s -> {out_dir}")
@@ -322,20 +337,30 @@ def verify(
     out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder (holding manifest.json).")],
     src: Annotated[str | None, typer.Option("--src", help="The source dataset: re-derive every poisoned file from it.")] = None,
     jobs: JobsOpt = 0,
+    key: KeyOpt = None,
 ) -> None:
-    """Re-hash every file against the manifest; with --src, re-derive every poisoned file. Exit 1 on
-    any mismatch, listing each."""
+    """Re-hash every file against the manifest; with --src, compare the file list with the source's and
+    re-derive every poisoned file. Exit 1 on any mismatch, listing each."""
     from rich.markup import escape
 
+    from . import manifest as mf
+    from .signing import load_key
+    from .verify import unhashed_files
     from .verify import verify as run_verify
 
-    problems = run_verify(out_dir, src, resolve_jobs(jobs))
+    secret = load_key(key, "--key") if key is not None else None
+    problems = run_verify(out_dir, src, resolve_jobs(jobs), key=secret)
+    unhashed = len(unhashed_files(mf.load(out_dir, complete=True)))
+    if unhashed:
+        how = "compared with the source's files instead" if src else "their content was not checked (give --src to compare them with the source)"
+        out.print(f"[yellow]note[/] {unhashed} file(s) have no sha256 in the manifest (--no-hash): {how}", soft_wrap=True)
     if problems:
         for p in problems:
             out.print(f"[red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)
         out.print(f"[bold red]{len(problems)} mismatch(es)[/]")
         raise typer.Exit(1)
-    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else ""), soft_wrap=True)
+    out.print(f"[green]verified[/] {out_dir}" + (" (re-derived from the source)" if src else "")
+              + (" (signature checked)" if key else ""), soft_wrap=True)
 
 
 @app.command()
@@ -349,7 +374,7 @@ def diff(
 
     from . import manifest as mf
 
-    d = mf.diff(mf.load(a), mf.load(b))
+    d = mf.diff(mf.load(a, complete=True), mf.load(b, complete=True))
     if as_json:
         print(json.dumps(d, indent=1, sort_keys=True))
         return

@@ -32,3 +32,15 @@ def parallel(jobs: int, *, return_as: str = "list", backend: str = "loky") -> Pa
     if backend not in BACKENDS:
         raise ConfigError(f"unknown parallel backend '{backend}'; valid are {choices(BACKENDS)}")
     return Parallel(n_jobs=jobs, backend=backend if jobs > 1 else "sequential", return_as=return_as)
+
+
+def end_workers() -> None:
+    """Kill joblib's reusable loky worker processes (if any were started): after a failed or terminated run
+    they must not outlive it holding the caller's pipes."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover - joblib without loky
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)

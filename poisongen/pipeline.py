@@ -21,7 +21,7 @@ from .datasets.base import Layout
 from .errors import PoisonGenError
 from .parallel import delayed, parallel
 from .plan import Plan, SamplePlan, build_plan
-from .triggers import prepare_trigger
+from .triggers import check_paints, prepare_trigger
 from .writer import RescaledTree, check_out, mirror, rescale_tree, staging
 
 # A progress callback factory: (description, total) -> context manager yielding advance(n).
@@ -70,6 +70,9 @@ class BackgroundMirror:
     def result(self) -> dict[str, str | None]:
         try:
             return self._future.result()
+        except BaseException:  # interrupted (SIGINT/SIGTERM) while waiting: stop copying before cleanup
+            self._stop.set()
+            raise
         finally:
             self._pool.shutdown()
 
@@ -104,13 +107,16 @@ def run(
     progress: ProgressFactory = _no_progress,
     plan: Plan | None = None,
     extra: dict | None = None,
+    sign_key: bytes | None = None,
 ) -> tuple[dict, Plan, dict]:
-    """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds)."""
+    """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds).
+    ``sign_key``: sign the manifest with HMAC-SHA256 (``--sign``)."""
     out = Path(out)
     check_out(ds.root, out, overwrite)
     timings: dict[str, float] = {}
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
+    check_paints(t.kind, pattern, t.alpha)
     cfg = with_trigger_hash(cfg, sha)
     with staging(out) as tmp:
         work, dest, tree = ds, tmp, None
@@ -176,16 +182,17 @@ def run(
         timings["copy"] = time.perf_counter() - t0
         manifest = write_manifest(tmp, ds, config=cfg.to_dict(), command=command, counts=plan.counts(),
                                   samples=records, skipped=plan.skipped, unchanged=unchanged,
-                                  source_files=source_files, extra=ext)
+                                  source_files=source_files, extra=ext, sign_key=sign_key)
     return manifest, plan, timings
 
 
 def write_manifest(dest: Path, ds: Layout, *, config: dict, command: list[str] | None, counts: dict,
                    samples: list[dict], skipped: list[dict], unchanged: dict[str, str | None],
-                   source_files: dict[str, str | None], extra: dict) -> dict:
+                   source_files: dict[str, str | None], extra: dict, sign_key: bytes | None = None) -> dict:
     """Assemble and write ``dest/manifest.json`` for a run over ``ds`` (attack runs, test sets and
     ``poisongen scale`` alike): the dataset record, the encoder settings, the source's own manifest
-    hash, the command line less ``--jobs``. Returns the manifest."""
+    hash, the command line less ``--jobs``; signed with ``sign_key`` (HMAC-SHA256) if given. Returns the
+    manifest."""
     ext = dict(extra)
     ext["encoders"] = encoder_settings()
     src_manifest = ds.root / mf.NAME
@@ -202,6 +209,7 @@ def write_manifest(dest: Path, ds: Layout, *, config: dict, command: list[str] |
         unchanged=unchanged,
         source_files=source_files,
         extra=ext,
+        sign_key=sign_key,
     )
     mf.save(manifest, dest / mf.NAME)
     return manifest
@@ -248,9 +256,10 @@ def write_scaled(
     overwrite: bool = False,
     command: list[str] | None = None,
     progress: ProgressFactory = _no_progress,
+    sign_key: bytes | None = None,
 ) -> tuple[dict, dict]:
     """``poisongen scale``: the clean dataset rescaled into ``out`` (staged, renamed at the end) with
-    its own manifest (kind ``scale``). Returns (manifest, timings)."""
+    its own manifest (kind ``scale``; signed with ``sign_key`` if given). Returns (manifest, timings)."""
     from .config import LINKS
     from .errors import ConfigError, choices
 
@@ -268,5 +277,5 @@ def write_scaled(
         manifest = write_manifest(tmp, ds, config=config, command=command,
                                   counts={"files": len(tree.files), "rewritten": len(tree.rewritten)},
                                   samples=[], skipped=[], unchanged=tree.files, source_files=tree.source_files,
-                                  extra={"rescaled": rescaled_record(scale, tree)})
+                                  extra={"rescaled": rescaled_record(scale, tree)}, sign_key=sign_key)
     return manifest, {"scale": time.perf_counter() - t0}

@@ -100,12 +100,15 @@ def config_record(m: dict) -> ConfigRecord:
                         band_notation=notation)
 
 
-def attack_config(m: dict):
+def attack_config(m: dict, path: str = "manifest.json"):
     """The full :class:`~poisongen.config.AttackConfig` a poisongen manifest was made with (verify,
-    ``testset --from-manifest``); a malformed config raises a :class:`PoisonGenError`."""
+    ``testset --from-manifest``); a malformed config raises a :class:`PoisonGenError` naming ``path``."""
     from .config import AttackConfig
 
     try:
         return AttackConfig.from_dict(m["config"])
+    except PoisonGenError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PoisonGenError(f"manifest config is malformed or not an attack's ({type(exc).__name__}: {exc})") from None
+        what = f"key {exc} is missing" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise PoisonGenError(f"manifest {path} has a malformed config: {what}") from None

@@ -27,7 +27,7 @@ def panel(out_dir: Path, sample_id: str, src: str | Path | None = None) -> np.nd
     """RGB panel, 2x2: clean image | poisoned image with the trigger boxed (the line trigger's band
     boxed; nothing for a semantic trigger, which changes no pixel); clean label | poisoned label (for a
     test set with target labels: the attacker's target label), changed pixels outlined in magenta."""
-    m = mf.load(out_dir)
+    m = mf.load(out_dir, complete=True)
     rec = next((r for r in m["samples"] if r["id"] == sample_id), None)
     if rec is None:
         ids = [r["id"] for r in m["samples"]]
@@ -99,6 +99,16 @@ def _label_title(m: dict, rec: dict) -> str:
 
 
 def save_panel(out_dir: Path, sample_id: str, png: Path, src: str | Path | None = None) -> None:
+    png = Path(png)
+    if png.is_dir():
+        raise PoisonGenError(f"--png {png} is a directory; give a file name such as {png / (sample_id + '.png')}")
+    if png.suffix.lower() != ".png":
+        raise PoisonGenError(f"--png {png} must end in .png")
     img = panel(out_dir, sample_id, src)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(png), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    try:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(png), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error) as exc:
+        raise PoisonGenError(f"cannot write --png {png}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not ok:
+        raise PoisonGenError(f"cannot write --png {png}")

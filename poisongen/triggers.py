@@ -39,7 +39,13 @@ def load_pattern(source: str | Path) -> np.ndarray:
     path = Path(source)
     if not path.is_file():
         raise TriggerError(f"trigger file not found: {path}")
-    arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(str(path), np.uint8)
+    if data.size == 0:
+        raise TriggerError(f"trigger file {path} is empty (give a PNG/JPEG/BMP file)")
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        arr = None
     if arr is None:
         raise TriggerError(f"unreadable trigger image: {path} (give a PNG/JPEG/BMP file)")
     if arr.dtype != np.uint8:
@@ -60,8 +66,16 @@ def resize_pattern(pattern: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prepare_pattern(source: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """Load and resize; returns the RGBA pattern and its sha256 (recorded in the manifest)."""
-    pattern = resize_pattern(load_pattern(source), size)
+    """Load and resize; returns the RGBA pattern and its sha256 (recorded in the manifest). A pattern
+    that is fully transparent (before or after resizing) paints nothing, so poisoning with it would
+    relabel pixels without a trigger (SPEC: never a changed label without its trigger): refused."""
+    loaded = load_pattern(source)
+    if not loaded[..., 3].any():
+        raise TriggerError(f"trigger {source} is fully transparent (alpha 0 everywhere): it would paint nothing")
+    pattern = resize_pattern(loaded, size)
+    if not pattern[..., 3].any():
+        raise TriggerError(
+            f"trigger {source} resized to {size[0]}x{size[1]} is fully transparent: it would paint nothing")
     return pattern, sha256_array(pattern)
 
 
@@ -109,6 +123,20 @@ def prepare_trigger(kind: str, source: str | Path, size: tuple[int, int], semant
         return prepare_pattern(source, size)
     text = f"line:{size[0]}" if kind == "line" else f"semantic:{semantic_class}"
     return None, hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_paints(kind: str, pattern: np.ndarray | None, alpha: float) -> None:
+    """Refuse a trigger that cannot change any pixel of any image: the largest blend weight
+    ``alpha * a`` times the largest colour step (255) rounds to 0. Poisoning with it would relabel
+    pixels with no trigger in the image (SPEC: never a changed label without its trigger)."""
+    if kind == "semantic":
+        return  # G(x) = x by design: the class present is the trigger
+    weight = float(alpha) * (1.0 if pattern is None else float(pattern[..., 3].max()) / 255.0)
+    if weight * 255.0 < 0.5:
+        raise TriggerError(
+            f"the {kind} trigger at --alpha {alpha:g} changes no pixel (largest blend weight {weight:.2g} < 1/510); "
+            "raise --alpha or use a more opaque trigger"
+        )
 
 
 def apply_trigger(image: np.ndarray, kind: str, pattern: np.ndarray | None, alpha: float,

@@ -25,13 +25,19 @@ def _walk(root: Path) -> set[str]:
     return found
 
 
-def verify(out: Path, src: str | Path | None = None, jobs: int = 1) -> list[str]:
-    """Return a list of problems (empty = verified). Each is one line naming the file or sample."""
+def verify(out: Path, src: str | Path | None = None, jobs: int = 1, key: bytes | None = None) -> list[str]:
+    """Return a list of problems (empty = verified). Each is one line naming the file or sample.
+
+    ``key``: the manifest must carry a valid HMAC-SHA256 signature under it (``verify --key``). With
+    ``src``, the output's whole file list is compared with the source's, then every poisoned file is
+    re-derived."""
     out = Path(out)
-    m = mf.load(out)
+    m = mf.load(out, complete=True)
     problems: list[str] = []
-    if mf.integrity(m) != m.get("integrity"):
-        problems.append("manifest.json: content does not match its integrity hash (the manifest was edited)")
+    if key is not None and (p := mf.signature_problem(m, key)):
+        problems.append(p)
+    if p := mf.integrity_problem(m):
+        problems.append(p)
     expected = mf.output_files(m)
     actual = _walk(out)
     problems += [f"{p}: missing from the output" for p in sorted(set(expected) - actual)]
@@ -41,8 +47,43 @@ def verify(out: Path, src: str | Path | None = None, jobs: int = 1) -> list[str]
         if digest != expected[p]:
             problems.append(f"{p}: sha256 differs from the manifest (file changed)")
     if src is not None:
-        problems += rederive_scaled(m, src, jobs) if "rescaled" in m else rederive(m, src, jobs)
+        if "rescaled" in m:
+            problems += rederive_scaled(m, src, jobs)
+        else:
+            problems += compare_file_lists(m, src) + rederive(m, src, jobs)
+            problems += compare_unhashed(m, out, src, jobs)
     return problems
+
+
+def unhashed_files(m: dict) -> list[str]:
+    """Output files the manifest gives no sha256 for (``--no-hash``): verify cannot check their content
+    from the manifest alone (``verify --src`` compares them with the source's files instead)."""
+    return sorted(p for p, d in m["unchanged_files"].items() if d is None)
+
+
+def compare_file_lists(m: dict, src: str | Path) -> list[str]:
+    """The output must hold exactly the source's files (plus a test set's target labels): a sample
+    injected into the copy or a clean one deleted shows up even if the manifest was resealed to match."""
+    ds = open_dataset(src, m["dataset"]["layout"], generate=False)
+    source = {f for f in ds.all_files() if f != mf.NAME}
+    new_files = {f["path"] for r in m["samples"] for f in r.get("target_labels", [])}
+    listed = set(mf.output_files(m)) - new_files
+    return [f"{p}: in the source but not in the output's manifest (deleted from the copy)"
+            for p in sorted(source - listed)] + [
+        f"{p}: in the output's manifest but not in the source (not a file of the source)"
+        for p in sorted(listed - source)]
+
+
+def compare_unhashed(m: dict, out: Path, src: str | Path, jobs: int = 1) -> list[str]:
+    """``--no-hash`` outputs: the unchanged files the manifest has no sha256 for must equal the source's."""
+    ds = open_dataset(src, m["dataset"]["layout"], generate=False)
+    todo = [p for p in unhashed_files(m) if (out / p).is_file() and (ds.root / p).is_file()]
+    if not todo:
+        return []
+    threads = max(2, jobs * 2)
+    ours, theirs = sha256_files(out, todo, threads), sha256_files(ds.root, todo, threads)
+    return [f"{p}: differs from the source file (an unhashed unchanged file was changed)"
+            for p in todo if ours[p] != theirs[p]]
 
 
 def rederive_scaled(m: dict, src: str | Path, jobs: int = 1) -> list[str]:

@@ -420,10 +420,11 @@ def build_folder(
 
 
 def one_line_error(result, *needles) -> str:
-    """Assert a CLI result is a user error: exit code 2 and one stderr line holding every needle."""
+    """Assert a CLI result is a user error: exit code 2, exactly one non-blank stderr line holding every
+    needle, no traceback; return that line."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]

@@ -29,3 +29,16 @@ def run_cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A tiny synthetic Cityscapes-layout dataset (24 train, 8 val, 64x128) shared read-only by the
+    integrity and bad-input tests; its hashes are checked again at the end of the session."""
+    from poisongen.datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny") / "synthetic"
+    generate(root, train=24, val=8, size=(64, 128), seed=3, jobs=1)
+    before = tree_hashes(root)
+    yield root
+    assert tree_hashes(root) == before, "a command modified the source dataset"

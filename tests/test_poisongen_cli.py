@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from builders import one_line_error
 from conftest import tree_hashes
 
 from poisongen import manifest as mf
@@ -44,12 +45,6 @@ def poison(run_cli, attack, src, out, *extra, rate="0.25"):
     assert r.exit_code == 0, r.stderr
     return mf.load(out)
 
-
-def one_error_line(result):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("attack,extra", [("baseline", []), ("nni", []), ("prl", []), ("nni", ["--prl-pixels", "20"])])
@@ -220,7 +215,7 @@ def test_config_file_and_flag_override(run_cli, synth_src, tmp_path):
     m = mf.load(tmp_path / "o")
     assert (m["config"]["rate"], m["seed"], m["config"]["relabel"]["prl_pixels"]) == (0.5, 12, 3)
     cfg.write_text("rat: 0.5\n")
-    assert "unknown option 'rat'" in one_error_line(
+    assert "unknown option 'rat'" in one_line_error(
         run_cli(app, ["nni", "--src", synth_src, "--out", tmp_path / "p", "--config", cfg])
     )
 
@@ -264,9 +259,9 @@ def test_show_and_attacks(run_cli, synth_src, tmp_path):
 
 def test_out_inside_or_equal_to_source_is_refused(run_cli, synth_src, tmp_path):
     for out in (synth_src, synth_src / "poisoned"):
-        line = one_error_line(run_cli(app, ["nni", "--src", synth_src, "--out", out, "--rate", "0.25"]))
+        line = one_line_error(run_cli(app, ["nni", "--src", synth_src, "--out", out, "--rate", "0.25"]))
         assert "inside the source" in line
-    line = one_error_line(
+    line = one_line_error(
         run_cli(app, ["nni", "--src", synth_src, "--out", synth_src.parent, "--rate", "0.25", "--overwrite"])
     )
     assert "contains the source" in line
@@ -276,7 +271,7 @@ def test_non_empty_out_needs_overwrite(run_cli, synth_src, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    line = one_error_line(run_cli(app, ["nni", "--src", synth_src, "--out", out, "--rate", "0.25", *TRIG]))
+    line = one_line_error(run_cli(app, ["nni", "--src", synth_src, "--out", out, "--rate", "0.25", *TRIG]))
     assert "--overwrite" in line and (out / "keep.txt").read_text() == "mine"
     poison(run_cli, "nni", synth_src, out, "--overwrite")
     assert not (out / "keep.txt").exists()
@@ -340,7 +335,7 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD)
 def test_bad_input_one_line_exit_2_nothing_written(run_cli, synth_src, tmp_path, args, message):
     out = tmp_path / "out"
-    line = one_error_line(
+    line = one_line_error(
         run_cli(app, ["nni", "--src", synth_src, "--out", out, *(args if "--trigger-size" in args else [*TRIG, *args])])
     )
     assert message in line
@@ -350,14 +345,14 @@ def test_bad_input_one_line_exit_2_nothing_written(run_cli, synth_src, tmp_path,
 def test_unreadable_trigger_file(run_cli, synth_src, tmp_path):
     bad = tmp_path / "t.png"
     bad.write_bytes(b"garbage")
-    line = one_error_line(
+    line = one_line_error(
         run_cli(app, ["nni", "--src", synth_src, "--out", tmp_path / "o", "--rate", "0.25", "--trigger", bad])
     )
     assert f"unreadable trigger image: {bad}" in line and not (tmp_path / "o").exists()
 
 
 def test_too_few_candidates(run_cli, synth_src, tmp_path):
-    line = one_error_line(
+    line = one_line_error(
         run_cli(app, ["nni", "--src", synth_src, "--out", tmp_path / "o", "--rate", "1.0", *TRIG, "--upper", "1"])
     )
     assert "candidate samples" in line and "for 24 requested" in line and "--allow-fewer" in line
@@ -375,7 +370,7 @@ def test_corrupt_source_image(run_cli, synth_src, tmp_path):
     shutil.copytree(synth_src, src)
     victim_img = next(src.glob("leftImg8bit/train/*/*_leftImg8bit.png"))
     victim_img.write_bytes(b"\x89PNG broken")
-    line = one_error_line(
+    line = one_line_error(
         run_cli(app, ["nni", "--src", src, "--out", tmp_path / "o", "--rate", "1.0", "--allow-fewer", *TRIG])
     )
     assert "unreadable or corrupt image" in line and victim_img.name in line

@@ -12,7 +12,7 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
-from builders import build_ade20k, build_cityscapes, build_folder, build_voc, voc_palette
+from builders import build_ade20k, build_cityscapes, build_folder, build_voc, one_line_error, voc_palette
 from conftest import tree_hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -77,12 +77,6 @@ def build(layout: str, root: Path, size=(48, 64)) -> Path:
 def scale_cli(run_cli, src, out, scale, *extra):
     return run_cli(app, ["scale", "--src", src, "--out", out, "--scale", scale, "-j", "1", "-q", *extra])
 
-
-def one_error_line(result):
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def read_any(path: Path):
@@ -295,7 +289,7 @@ def test_dry_run_with_scale_plans_at_the_scaled_size(run_cli, synth, tmp_path):
 def test_bad_scale_one_line_exit_2_nothing_written(run_cli, synth, tmp_path, value, message, command):
     out = tmp_path / "out"
     args = [command, "--src", synth, "--out", out, "--scale", value, "-q"]
-    line = one_error_line(run_cli(app, args + (["--rate", "0.25"] if command == "nni" else [])))
+    line = one_line_error(run_cli(app, args + (["--rate", "0.25"] if command == "nni" else [])))
     assert message in line
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
@@ -303,6 +297,6 @@ def test_bad_scale_one_line_exit_2_nothing_written(run_cli, synth, tmp_path, val
 def test_unknown_image_file_is_refused_not_guessed(run_cli, tmp_path):
     src = build("cityscapes", tmp_path / "src")
     write_bytes(src / "disparity" / "train" / "x_disparity.png", cv2.imencode(".png", np.zeros((4, 4), np.uint16))[1])
-    line = one_error_line(scale_cli(run_cli, src, tmp_path / "out", "0.5"))
+    line = one_line_error(scale_cli(run_cli, src, tmp_path / "out", "0.5"))
     assert "disparity/train/x_disparity.png" in line and "--scale cannot tell" in line
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))

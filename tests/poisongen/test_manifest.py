@@ -46,7 +46,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     with pytest.raises(PoisonGenError, match="is not valid JSON"):
         mf.load(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text(json.dumps([1]))
-    with pytest.raises(PoisonGenError, match="has schema_version 'list'"):
+    with pytest.raises(PoisonGenError, match="is not a manifest: it holds a JSON list, not an object"):
         mf.load(tmp_path / "list.json")
 
 

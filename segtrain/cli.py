@@ -21,14 +21,14 @@ from poisongen.config import parse_size
 from poisongen.datasets import Layout, open_dataset
 from poisongen.errors import PoisonGenError
 
-from .data import AttackInfo, SegDataset, read_attack_info
 from .checkpoint import check_classes, model_from_checkpoint
 from .checkpoint import load as load_checkpoint
 from .config import TrainConfig
+from .data import AttackInfo, SegDataset, read_attack_info
 from .engine import evaluate, resolve_device
 from .errors import SegTrainError
-from .runner import prepare, train_run
 from .metrics import MetricAccumulator, nan_to_none, ratio
+from .runner import prepare, train_run
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from poisongen.errors import choices
+
 from .errors import SegTrainError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -111,7 +113,7 @@ class TrainConfig:
         _number("momentum", self.momentum, 0, strict=False)
         _number("aux weight", self.aux_weight, 0, strict=False)
         if self.optimizer not in OPTIMIZERS:
-            raise SegTrainError(f"unknown optimizer '{self.optimizer}'; valid optimizers are {{{', '.join(OPTIMIZERS)}}}")
+            raise SegTrainError(f"unknown optimizer '{self.optimizer}'; valid optimizers are {choices(OPTIMIZERS)}")
         dev = str(self.device).lower()
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise SegTrainError(f"unknown device '{self.device}'; valid devices are {{auto, cpu, cuda, cuda:N}}")

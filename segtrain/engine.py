@@ -218,7 +218,8 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             value = loss.item()
             if not math.isfinite(value):
                 raise SegTrainError(f"loss became {value} at step {step}; lower --lr (now {cfg.lr:g})")
-            rec = {"step": step, "loss": round(value, 6), "lr": lr, "img_s": round(seen / (time.perf_counter() - t0), 3)}
+            img_s = round(seen / (time.perf_counter() - t0), 3)
+            rec = {"step": step, "loss": round(value, 6), "lr": lr, "img_s": img_s}
             t0, seen = time.perf_counter(), 0
         if hooks.on_step is not None:
             hooks.on_step(step, total, rec)

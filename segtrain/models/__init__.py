@@ -23,7 +23,6 @@ from torchvision.models import segmentation as tvseg
 from poisongen.errors import choices
 
 from ..errors import SegTrainError
-
 from .pspnet import PSPNet
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from poisongen.datasets import Layout, open_dataset
+from poisongen.errors import PoisonGenError
 
 from . import checkpoint
 from .checkpoint import CKPT
@@ -55,7 +56,10 @@ def check_testset(path: str, names: list[str]) -> AttackInfo:
     Raises:
         SegTrainError: (or poisongen's DatasetError) one line naming the folder and what it is instead.
     """
-    tl = open_dataset(path, generate=False)
+    try:
+        tl = open_dataset(path, generate=False)
+    except PoisonGenError as exc:
+        raise SegTrainError(f"--eval-poisoned {path}: {exc}") from None
     info = read_attack_info(tl.root)
     if info is None:
         raise SegTrainError(f"--eval-poisoned {path} has no manifest.json, so it is not a Poisoned Test; make one "

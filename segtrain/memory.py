@@ -4,9 +4,9 @@ or ``--batch`` too large for the machine is refused with one line instead of the
 The estimate builds the model on PyTorch's ``meta`` device (shapes only, no storage) and runs one forward
 pass of a ``(batch, 3, H, W)`` batch under :func:`torch.autograd.graph.saved_tensors_hooks`, summing the
 distinct storages autograd keeps for the backward pass: that is exactly what the real forward pass keeps
-(checked against a CPU run). To it come the float32 parameters three times over with SGD (weights,
-gradients, momentum) or four with AdamW (two moments), and a 25 % margin for the backward pass's
-temporaries. Under ``--amp`` on CUDA the saved floating-point activations count half.
+(checked against a CPU run; convolutions keep their weights too). To it come the float32 parameters
+three times over with SGD (weights, gradients, momentum) or four with AdamW (two moments), and a 25 %
+margin for the backward pass's temporaries. Under ``--amp`` on CUDA the saved floating-point activations count half.
 The budget is the free device memory (``torch.cuda.mem_get_info``) or, on CPU, ``MemAvailable`` of
 ``/proc/meminfo`` (the free physical pages elsewhere).
 """

@@ -111,7 +111,7 @@ def _corrupt(kind: str, path: Path, good: Path) -> None:
         torch.save(torch.zeros(3), path)
     elif kind == "another class table":
         ck = torch.load(good, weights_only=False)
-        ck["class_names"] = ["c%d" % i for i in range(len(ck["class_names"]))]  # same count, other names
+        ck["class_names"] = [f"c{i}" for i in range(len(ck["class_names"]))]  # same count, other names
         torch.save(ck, path)
 
 

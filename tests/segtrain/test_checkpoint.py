@@ -77,7 +77,8 @@ def test_model_from_checkpoint_and_state_dict_mismatches():
     sd = dict(ck["model"])
     sd.pop("head.0.weight" if "head.0.weight" in sd else next(iter(sd)))
     sd["extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"does not fit the PSPNet model: 1 missing .*; 1 unexpected \(extra.weight\)"):
+    fits = r"does not fit the PSPNet model: 1 missing .*; 1 unexpected \(extra.weight\)"
+    with pytest.raises(CheckpointError, match=fits):
         checkpoint.model_from_checkpoint({**ck, "model": sd})
 
 

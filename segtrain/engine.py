@@ -150,6 +150,8 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
                             f"or less")
     start = 0
     if resume is not None:
+        if "step" not in resume or "model" not in resume:
+            raise SegTrainError("resume: the state holds no step or model; pass a checkpoint or an on_checkpoint state")
         was = (resume.get("sampler") or {}).get("train_samples")
         if was is not None and was != n:
             raise SegTrainError(f"resume: the training data has {n} samples, the checkpoint's run trained on {was}; "

@@ -9,6 +9,7 @@ no folder behind; :func:`train_run` then creates the run directory and trains.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,10 +145,11 @@ def train_run(plan: RunPlan, on_step: Callable[[int, int, dict | None], None] | 
     total = cfg.total_iters(n)
     meta = {"config": cfg.to_dict(), "num_classes": layout.meta.num_classes, "class_names": layout.meta.names,
             "dataset": layout.meta.to_dict(), "total_iters": total}
-    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "total_iters": total,
-                                                 "num_classes": layout.meta.num_classes,
-                                                 "class_names": layout.meta.names, "train_split": plan.split,
-                                                 "train_samples": n}, indent=1) + "\n")
+    conf = {**cfg.to_dict(), "total_iters": total, "num_classes": layout.meta.num_classes,
+            "class_names": layout.meta.names, "train_split": plan.split, "train_samples": n}
+    tmp = out / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(conf, indent=1) + "\n")
+    tmp.replace(out / "config.json")  # never half a config.json beside a checkpoint
     start = int(plan.resume["step"]) if plan.resume else 0
     for path in (out / LOG, out / CURVE):
         truncate_log(path, start)

@@ -91,6 +91,10 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     if cfg.resume and not (out / CKPT).is_file():
         raise SegTrainError(f"--resume: no checkpoint at {out / CKPT}")
     layout = open_dataset(cfg.data)
+    root = layout.root.resolve()
+    if out.resolve() == root or root in out.resolve().parents:
+        raise SegTrainError(f"--out {out} is inside the training data {cfg.data}; the data is never written to, "
+                            f"give a run folder outside it")
     split = cfg.split or layout.train_split
     names = layout.meta.names
     train_data = SegDataset(layout, split, train_transform(cfg.crop, cfg.scale))

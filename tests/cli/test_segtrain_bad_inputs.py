@@ -72,6 +72,7 @@ CASES = [
     ("log-every zero", ["--iters", "1", "--batch", "2", "--log-every", "0"], ["--log-every 0", ">= 1"]),
     ("optimizer", ["--iters", "1", "--batch", "2", "--optimizer", "lbfgs"], ["lbfgs", "{sgd, adamw}"]),
     ("out is a file", ["--iters", "1", "--batch", "2", "--out", "{base}/a_file"], ["a_file", "is a file"]),
+    ("out inside the data", ["--iters", "1", "--batch", "2", "--out", "{data}/runs/r"], ["inside the training data"]),
     ("eval-poisoned not a dataset", ["--iters", "1", "--batch", "2", "--eval-poisoned", "{base}/empty"],
      ["--eval-poisoned", "empty", "no known dataset layout"]),
     ("eval-poisoned missing", ["--iters", "1", "--batch", "2", "--eval-poisoned", "{base}/nowhere"],
@@ -90,12 +91,14 @@ CASES = [
 @pytest.mark.parametrize(("case", "extra", "needles"), CASES, ids=[c[0] for c in CASES])
 def test_run_refuses_bad_input_before_creating_anything(world, run_cli, tmp_path, case, extra, needles):
     out = tmp_path / "run"
-    extra = [a.format(base=world["base"], voc=world["voc"]) for a in extra]
-    if "--out" not in extra:
+    extra = [a.format(base=world["base"], voc=world["voc"], data=world["data"]) for a in extra]
+    if "--out" in extra:
+        out = Path(extra[extra.index("--out") + 1])
+    else:
         extra += ["--out", str(out)]
     before = tree_hashes(world["data"])
     one_line_error(run_cli(app, ["run", world["data"], *COMMON, *extra]), *needles)
-    assert not out.exists(), case  # no run folder left behind
+    assert not out.exists() or out.is_file(), case  # no run folder left behind
     assert tree_hashes(world["data"]) == before  # the training data is never modified
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -156,20 +157,30 @@ class Terminated(SystemExit):
         super().__init__(128 + signal.SIGTERM)
 
 
+@dataclass
+class TermState:
+    """Whether a SIGTERM arrived inside :func:`sigterm_as_exit`."""
+
+    received: bool = False
+
+
 @contextmanager
 def sigterm_as_exit():
     """While inside: SIGTERM raises :class:`Terminated` (a SystemExit) in the main thread instead of
-    killing the process on the spot, so ``finally`` blocks run. Outside the main thread: no change."""
+    killing the process on the spot, so ``finally`` blocks run; yields a :class:`TermState` that records
+    it. Outside the main thread: no change."""
+    state = TermState()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     def handler(signum, frame):
+        state.received = True
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield state
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -183,8 +194,15 @@ def staging(out: Path):
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        with sigterm_as_exit(), out_lock(out):
-            yield from _staged(out, parent)
+        with sigterm_as_exit() as term, out_lock(out):
+            try:
+                yield from _staged(out, parent)
+            except BaseException:
+                # the signal can surface as another error (raised where a worker pool was being waited on,
+                # it may come out wrapped): the run was still terminated, and exits as such (128 + 15)
+                if term.received and not isinstance(sys.exc_info()[1], Terminated):
+                    raise Terminated() from None
+                raise
     except OSError as exc:
         raise PoisonGenError(os_error_line(exc, f"the run stopped, nothing written to --out {out}")) from None
 

@@ -2,10 +2,12 @@
 """Benchmark segtrain against a minimal plain PyTorch loop; writes JSON and prints a line per figure.
 
 Figures (images per second, steady state):
-* training: ``segtrain.engine.train`` vs a plain loop over the same dataset, model, batch, transforms,
-  optimizer and loss (DataLoader with shuffle, ``--workers``, pinned memory and persistent workers on
-  CUDA), timed between the end of step ``--warmup`` and the end of step ``--warmup + --steps``;
-* evaluation: ``segtrain.engine.evaluate`` (confusion matrix, victim-ignored matrix and ASR counters
+* training: ``segtrain.engine.fit`` (seeded step batches and per-sample seeded augmentation, the log
+  record's loss read every 10 steps as ``run`` does by default) vs a plain loop over the same dataset,
+  model, batch, transforms, optimizer and loss (DataLoader with shuffle, ``--workers``, pinned memory and
+  persistent workers on CUDA), timed between the end of step ``--warmup`` and the end of step
+  ``--warmup + --steps``;
+* evaluation: ``segtrain.inference.evaluate`` (confusion matrix, victim-ignored matrix and ASR counters
   on the device) vs a plain loop (batch 1, argmax, one bincount confusion matrix), over the val split.
 
 The two sides alternate (A B, then B A, ...) ``--repeat`` times because the machine may be shared; the
@@ -38,18 +40,18 @@ sys.path.insert(0, str(ROOT))
 
 from poisongen.datasets import open_dataset  # noqa: E402
 from poisongen.datasets.synthetic import generate  # noqa: E402
+from segtrain.config import TrainConfig  # noqa: E402
 from segtrain.data import SegDataset, collate  # noqa: E402
 from segtrain.engine import (  # noqa: E402
-    TrainConfig,
+    Hooks,
     amp_dtype,
-    class_map,
-    evaluate,
+    fit,
     make_optimizer,
     resolve_device,
     seed_everything,
     seg_loss,
-    train,
 )
+from segtrain.inference import class_map, evaluate  # noqa: E402
 from segtrain.metrics import MetricAccumulator, confusion_matrix  # noqa: E402
 from segtrain.models import build_model  # noqa: E402
 from segtrain.transforms import train_transform  # noqa: E402
@@ -66,8 +68,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def segtrain_train(args, data: Path, device: torch.device, work: Path) -> float:
-    """img/s of segtrain's own loop between step ``warmup`` and ``warmup + steps``."""
+def segtrain_train(args, data: Path, device: torch.device) -> float:
+    """img/s of segtrain's own loop (:func:`segtrain.engine.fit` on a model built here, as ``run`` builds
+    it) between step ``warmup`` and ``warmup + steps``."""
     marks: dict[int, float] = {}
     first, last = args.warmup, args.warmup + args.steps
 
@@ -76,11 +79,14 @@ def segtrain_train(args, data: Path, device: torch.device, work: Path) -> float:
             sync(device)
             marks[step] = time.perf_counter()
 
-    cfg = TrainConfig(data=str(data), out=str(work / "segtrain_run"), arch=args.arch, backbone=args.backbone,
-                      iters=last, batch=args.batch, crop=args.crop, lr=0.01, device=str(device), amp=args.amp,
-                      channels_last=args.channels_last, workers=args.workers, seed=0, log_every=10**9,
-                      ckpt_every=10**9, quiet=True)
-    train(cfg, on_step=on_step)
+    cfg = TrainConfig(data=str(data), arch=args.arch, backbone=args.backbone, iters=last, batch=args.batch,
+                      crop=args.crop, lr=0.01, device=str(device), amp=args.amp, channels_last=args.channels_last,
+                      workers=args.workers, seed=0, log_every=10, quiet=True)
+    layout = open_dataset(data)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.arch, layout.meta.num_classes, cfg.backbone, cfg.output_stride, cfg.aux)
+    train_data = SegDataset(layout, layout.train_split, train_transform(cfg.crop, cfg.scale))
+    fit(model, train_data, cfg, Hooks(on_step=on_step))
     return args.steps * args.batch / (marks[last] - marks[first])
 
 
@@ -100,7 +106,7 @@ def plain_train(args, data: Path, device: torch.device) -> float:
     amp = args.amp and cuda
     dtype = amp_dtype() if amp else torch.float32
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
-    cfg = TrainConfig(data=str(data), out="", lr=0.01)
+    cfg = TrainConfig(iters=1, lr=0.01)
     opt = make_optimizer(cfg, model)
     model.train()
     step, first, last = 0, args.warmup, args.warmup + args.steps
@@ -281,7 +287,7 @@ def main() -> None:
                    "amp_dtype": str(amp_dtype()).removeprefix("torch.") if args.amp else None},
         "load_start": load(),
     }
-    results["train"] = alternate({"segtrain": lambda: segtrain_train(args, data, device, args.work),
+    results["train"] = alternate({"segtrain": lambda: segtrain_train(args, data, device),
                                   "plain": lambda: plain_train(args, data, device)}, args.repeat)
     model = eval_model(args, data, device)
     plain_eval(args, data, device, model)  # warm-up pass (allocator, cudnn.benchmark)

@@ -20,15 +20,12 @@ from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError
 from poisongen.writer import staging
 
+from .checkpoint import check_classes, model_from_checkpoint
+from .checkpoint import load as load_checkpoint
+from .config import TrainConfig
 from .data import read_attack_info
-from .engine import (
-    TrainConfig,
-    check_classes,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    train,
-)
+from .engine import resolve_device
+from .errors import SegTrainError
 from .evaluate import (
     PROTOCOLS,
     ModelPredictor,
@@ -39,6 +36,7 @@ from .evaluate import (
     resolve_attack,
     score_one_set,
 )
+from .runner import prepare, train_run
 
 app = typer.Typer(
     cls=ErrorsAsOneLine,
@@ -122,21 +120,34 @@ def curve_point(res: dict, step: int, seconds: float) -> dict:
     }
 
 
-def train_with_progress(cfg: TrainConfig, on_eval=None) -> dict:
-    """:func:`train` under a rich progress bar (steps, loss, lr, img/s, elapsed, remaining) unless quiet."""
-    if cfg.quiet:
-        return train(cfg, on_eval=on_eval)
+def train_with_progress(plan, quiet: bool, on_eval=None):
+    """:func:`segtrain.runner.train_run` under a rich progress bar (steps, loss, lr, img/s, elapsed,
+    remaining) and a log line per logged step, unless quiet."""
+    if quiet:
+        return train_run(plan, on_eval=on_eval)
     fields = "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[img_s]} img/s"
     with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn(fields), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, loss="-", lr="-", img_s="-")
 
         def on_step(step: int, total: int, rec: dict | None) -> None:
-            shown = {} if rec is None else {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}",
-                                            "img_s": f"{rec['img_s']:.1f}"}
+            shown = {}
+            if rec is not None:
+                shown = {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}", "img_s": f"{rec['img_s']:.1f}"}
+                bar.console.print(f"step {step}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+                                  f"{rec['img_s']:.1f} img/s", highlight=False)
             bar.update(task, completed=step, total=total, **shown)
 
-        return train(cfg, log=lambda m: bar.console.print(m, highlight=False), on_step=on_step, on_eval=on_eval)
+        return train_run(plan, on_step=on_step, on_eval=on_eval)
+
+
+def parse_scale(text: str) -> tuple[float, float]:
+    """``"0.5,2.0"`` -> (0.5, 2.0); the range itself is checked by :class:`TrainConfig`."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SegTrainError(f"--scale '{text}' must be LO,HI with 0 < LO <= HI (e.g. 0.5,2.0)") from None
+    return lo, hi
 
 
 @app.command()
@@ -148,15 +159,15 @@ def run(
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="8, 16 or 32 for pspnet; the model's own otherwise.")] = None,
     iters: Annotated[int | None, typer.Option(help="Training iterations (exclusive with --epochs).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (exclusive with --iters).")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size (>= 2).")] = 8,
-    crop: Annotated[str, typer.Option(help="Training crop HxW; also the sliding-window size at evaluation.")] = "512x1024",
-    scale: Annotated[str, typer.Option(help="Random scale range LO,HI.")] = "0.5,2.0",
-    lr: Annotated[float, typer.Option(help="Base learning rate (poly decay, power 0.9).")] = 0.01,
+    batch: Annotated[int, typer.Option(help="Batch size (>= 2, at most the training split's size).")] = 8,
+    crop: Annotated[str, typer.Option(help="Training crop HxW; also the sliding-window size at evaluation. Refused when the estimated memory of one step exceeds the free memory.")] = "512x1024",
+    scale: Annotated[str, typer.Option(help="Random scale range LO,HI (0 < LO <= HI).")] = "0.5,2.0",
+    lr: Annotated[float, typer.Option(help="Base learning rate (> 0; poly decay, power 0.9).")] = 0.01,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.")] = "sgd",
     aux: Annotated[bool, typer.Option("--aux/--no-aux", help="Auxiliary head on layer3, loss weight 0.4.")] = True,
     backbone_weights: Annotated[Path | None, typer.Option("--backbone-weights", help="Local torchvision state dict for the backbone.")] = None,
-    eval_poisoned: Annotated[list[str] | None, typer.Option("--eval-poisoned", help="Poisoned test set (poisongen testset output); repeatable.")] = None,
+    eval_poisoned: Annotated[list[str] | None, typer.Option("--eval-poisoned", help="Poisoned test set (poisongen testset output); repeatable; checked before training.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast (CUDA only; ignored on CPU).")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (CUDA only).")] = False,
@@ -165,37 +176,35 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt up to --iters/--epochs.")] = False,
     victim: Annotated[str | None, typer.Option(help="Victim classes (names or ids, comma-separated); default from DATA's manifest.")] = None,
     target: Annotated[str | None, typer.Option(help="Target class (name or id); default from DATA's manifest.")] = None,
-    log_every: Annotated[int, typer.Option("--log-every")] = 10,
-    ckpt_every: Annotated[int, typer.Option("--ckpt-every")] = 1000,
+    log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps (>= 1).")] = 10,
+    ckpt_every: Annotated[int, typer.Option("--ckpt-every", help="Save OUT/last.pt every N steps (>= 1) and at the end.")] = 1000,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no per-step log lines (log.jsonl is still written).")] = False,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="Save last.pt and stop after this step, keeping the --iters/--epochs schedule (time-limited job slots); continue with --resume.")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Also evaluate every N steps (benign val and each --eval-poisoned set) and append the learning curve to OUT/curve.jsonl: CBA, ASR, PBA, clean ASR vs training minutes. The run itself is unchanged.")] = None,
 ):
-    """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned."""
+    """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned.
+
+    Every option, the data, --out, the --eval-poisoned test sets, the memory of one step and the --resume
+    checkpoint are checked before any folder is created or any step runs."""
     crop_hw = parse_size(crop, "--crop")
-    try:
-        lo, hi = (float(v) for v in scale.split(","))
-    except ValueError:
-        raise ConfigError(f"--scale '{scale}' must be LO,HI (e.g. 0.5,2.0)") from None
-    resolve_device(device)
     layout = open_dataset(data)
     attack_victim, attack_target = resolve_attack(layout, read_attack_info(layout.root), victim, target)
     cfg = TrainConfig(
         data=str(data), out=str(out_dir), arch=arch, backbone=backbone, output_stride=output_stride, aux=aux,
-        iters=iters, epochs=epochs, batch=batch, crop=crop_hw, scale=(lo, hi), lr=lr, weight_decay=weight_decay,
-        optimizer=optimizer.lower(), backbone_weights=str(backbone_weights) if backbone_weights else None,
+        iters=iters, epochs=epochs, batch=batch, crop=crop_hw, scale=parse_scale(scale), lr=lr,
+        weight_decay=weight_decay, optimizer=optimizer, backbone_weights=str(backbone_weights) if backbone_weights else None,
         device=device, amp=amp, channels_last=channels_last, workers=workers, seed=seed, resume=resume,
-        log_every=max(1, log_every), ckpt_every=max(1, ckpt_every), eval_poisoned=list(eval_poisoned or []),
-        quiet=quiet, stop_after=stop_after, victim=attack_victim, target=attack_target,
+        log_every=log_every, ckpt_every=ckpt_every, eval_poisoned=tuple(eval_poisoned or ()),
+        quiet=quiet, stop_after=stop_after, eval_every=eval_every, victim=attack_victim, target=attack_target,
     )
-    if eval_every is not None and eval_every < 1:
-        raise ConfigError(f"--eval-every {eval_every} must be >= 1 (steps)")
-    cfg.eval_every = eval_every
+    # bad --eval-poisoned sets, or DATA not their clean counterpart: refused before any folder or step
+    check_testsets(data, cfg.eval_poisoned, victim, target, option="--eval-poisoned")
+    plan = prepare(cfg)
     evaluated: dict[int, dict] = {}
 
     def on_eval(model, step: int, seconds: float) -> None:
-        res = report(model, data, cfg.eval_poisoned, resolve_device(device), victim, target, crop_hw, workers, amp)
+        res = report(model, data, list(cfg.eval_poisoned), plan.device, victim, target, crop_hw, workers, amp)
         evaluated.clear()
         evaluated[step] = res
         point = curve_point(res, step, seconds)
@@ -206,13 +215,12 @@ def run(
                           + "".join(f", ASR {Path(s['testset']).name} {_f(s['asr'])}" for s in point["sets"]),
                           highlight=False)
 
-    check_testsets(data, cfg.eval_poisoned, victim, target)  # bad --eval-poisoned sets: refused before training
-    result = train_with_progress(cfg, on_eval if eval_every else None)
-    if no_eval or (stop_after is not None and result["step"] < result["total"]):
+    result = train_with_progress(plan, quiet, on_eval if eval_every else None)
+    if no_eval or not result.finished:
         return
-    res = evaluated.get(result["step"]) or report(result["model"], data, cfg.eval_poisoned, result["device"], victim,
-                                                   target, crop_hw, workers, amp)
-    res["step"] = result["step"]
+    res = evaluated.get(result.step) or report(result.model, data, list(cfg.eval_poisoned), result.device, victim,
+                                               target, crop_hw, workers, amp)
+    res["step"] = result.step
     res["checkpoint"] = str(Path(out_dir) / "last.pt")
     write_json(Path(out_dir) / "metrics.json", res)
     print_report(res)

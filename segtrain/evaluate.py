@@ -34,6 +34,7 @@ from poisongen.datasets import Layout, open_dataset
 from poisongen.errors import ConfigError, PoisonGenError, choices
 
 from .data import AttackInfo, SegDataset, read_attack_info
+from .errors import SegTrainError
 from .inference import predictions
 from .metrics import MetricAccumulator, nan_to_none, ratio
 
@@ -190,18 +191,26 @@ def no_target_error(where: str, victim: Sequence[int], names: Sequence[str]) -> 
     )
 
 
-def read_testset(ts: str, names: Sequence[str], data: str) -> tuple[Layout, AttackInfo, dict]:
-    """Open a Poisoned Test; refuse what is not one (one line each)."""
-    tl = open_dataset(ts)
-    if tl.meta.names != list(names):
-        raise PoisonGenError(f"test set {ts} has another class table than {data}")
+def read_testset(ts: str, names: Sequence[str], data: str, option: str = "test set") -> tuple[Layout, AttackInfo, dict]:
+    """Open a Poisoned Test: a dataset of a known layout with a ``poisongen testset`` manifest that lists
+    samples, of ``data``'s class table. Refuse what is not one, in one line naming ``option`` (how the
+    user gave the folder, e.g. ``--eval-poisoned``) and the folder."""
+    try:
+        tl = open_dataset(ts, generate=False)
+    except PoisonGenError as exc:
+        raise SegTrainError(f"{option} {ts}: {exc}") from None
     tinfo = read_attack_info(tl.root)
     if tinfo is None:
-        raise PoisonGenError(f"test set {ts} has no manifest.json; make one with 'poisongen testset'")
+        raise SegTrainError(f"{option} {ts} has no manifest.json, so it is not a Poisoned Test; make one with "
+                            f"'poisongen testset'")
     if tinfo.kind != "testset":
-        raise PoisonGenError(f"{ts} is a poisoned {tinfo.kind} set, not a test set (manifest kind '{tinfo.kind}')")
+        raise SegTrainError(f"{option} {ts} is a poisoned {tinfo.kind} set (manifest kind '{tinfo.kind}'), not a "
+                            f"test set (kind 'testset', from 'poisongen testset')")
+    if tl.meta.names != list(names):
+        raise SegTrainError(f"{option} {ts} has another class table ({len(tl.meta.names)} classes) than {data} "
+                            f"({len(names)} classes)")
     if not tinfo.sample_ids:
-        raise PoisonGenError(f"test set {ts} lists no poisoned samples")
+        raise SegTrainError(f"{option} {ts} lists no poisoned samples")
     return tl, tinfo, _manifest.load(tl.root)
 
 
@@ -263,7 +272,7 @@ class _SetPlan:
 
 
 def _prepare(data: str, testsets: Sequence[str], victim: str | None, target: str | None,
-             trained_on: tuple[tuple[int, ...], int | None]):
+             trained_on: tuple[tuple[int, ...], int | None], option: str = "test set"):
     """Every check of a report, before the first image is predicted: (layout, victim, target, set plans)."""
     layout = open_dataset(data)
     info = read_attack_info(layout.root)
@@ -273,7 +282,7 @@ def _prepare(data: str, testsets: Sequence[str], victim: str | None, target: str
     if t is None and target is None:
         t = trained_on[1]
     names = layout.meta.names
-    opened = [(ts, *read_testset(ts, names, data)) for ts in testsets]
+    opened = [(ts, *read_testset(ts, names, data, option)) for ts in testsets]
     set_names = [Path(ts).name for ts in testsets]
     if len(set(set_names)) != len(set_names) or BENIGN in set_names:
         raise PoisonGenError(f"test set folder names must differ from each other and from '{BENIGN}' (predictions "
@@ -295,9 +304,10 @@ def _prepare(data: str, testsets: Sequence[str], victim: str | None, target: str
 
 
 def check_testsets(data: str, testsets: Sequence[str], victim: str | None = None, target: str | None = None,
-                   trained_on: tuple[tuple[int, ...], int | None] = ((), None)) -> None:
-    """The checks of :func:`backdoor_report` alone (for ``segtrain run`` to refuse bad sets before training)."""
-    _prepare(data, testsets, victim, target, trained_on)
+                   trained_on: tuple[tuple[int, ...], int | None] = ((), None), option: str = "test set") -> None:
+    """The checks of :func:`backdoor_report` alone (for ``segtrain run`` to refuse bad sets before training;
+    ``option`` names how the sets were given in the messages)."""
+    _prepare(data, testsets, victim, target, trained_on, option)
 
 
 def backdoor_report(predict, data: str, testsets: Sequence[str], protocol: str | Protocol = "paper",

@@ -371,7 +371,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_cli):
 
 
 def test_class_map_is_argmax_with_first_maximum_on_ties():
-    from segtrain.engine import class_map
+    from segtrain.inference import class_map
 
     logits = torch.randn(2, 5, 7, 9)
     logits[:, 3] = logits[:, 1]  # ties everywhere between classes 1 and 3
@@ -381,7 +381,7 @@ def test_class_map_is_argmax_with_first_maximum_on_ties():
 
 
 def test_step_batches_are_a_function_of_seed_and_step():
-    from segtrain.engine import StepBatches, derive_seed, epoch_order
+    from segtrain.sampling import StepBatches, derive_seed, epoch_order
 
     full = list(StepBatches(5, 2, seed=7, start=0, total=7))
     assert len(full) == 7 and all(len(b) == 2 for b in full)  # 5 samples, batch 2: 2 steps per epoch
@@ -394,13 +394,16 @@ def test_step_batches_are_a_function_of_seed_and_step():
     assert full != list(StepBatches(5, 2, seed=8, start=0, total=7))
     assert StepBatches(5, 2, 7, 0, 7).position(5) == {"epoch": 2, "batch": 1, "per_epoch": 2, "train_samples": 5,
                                                        "seed": 7}
-    assert [len(b) for b in StepBatches(3, 8, 0, 0, 2)] == [3, 3]  # fewer samples than --batch: all of them
+    from segtrain.errors import SegTrainError
+
+    with pytest.raises(SegTrainError, match="batch 8 does not fit 3"):  # said, not clamped silently
+        StepBatches(3, 8, 0, 0, 2)
 
 
 def test_seeded_sample_leaves_the_process_rngs_alone():
     import random
 
-    from segtrain.engine import seeded
+    from segtrain.sampling import seeded
 
     torch.manual_seed(1)
     np.random.seed(1)  # noqa: NPY002

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torchvision.models import segmentation as tvseg
 
-from poisongen.errors import ConfigError, PoisonGenError, choices
+from poisongen.errors import choices
 
+from ..errors import SegTrainError
 from .pspnet import PSPNet
 
 
@@ -56,25 +57,25 @@ ALIASES = {"mobilenet_v3": "mobilenet_v3_large"}
 
 def resolve(arch: str, backbone: str | None, output_stride: int | None) -> tuple[str, str, int]:
     """Check arch/backbone/output stride; fill defaults; expand :data:`ALIASES`. Raises a one-line
-    ConfigError."""
+    SegTrainError."""
     arch = arch.lower()
     if arch not in REGISTRY:
-        raise ConfigError(f"unknown arch '{arch}'; valid archs are {choices(REGISTRY)}")
+        raise SegTrainError(f"unknown arch '{arch}'; valid archs are {choices(REGISTRY)}")
     _, backbones, default, strides = REGISTRY[arch]
     backbone = (backbone or default).lower()
     backbone = ALIASES.get(backbone, backbone)
     if backbone not in backbones:
-        raise ConfigError(f"unknown backbone '{backbone}' for {arch}; valid backbones are {choices(backbones)}")
+        raise SegTrainError(f"unknown backbone '{backbone}' for {arch}; valid backbones are {choices(backbones)}")
     valid = strides[backbone]
     os_ = output_stride or valid[0]
     if os_ not in valid:
-        raise ConfigError(f"output stride {os_} is not available for {arch}/{backbone}; valid are {choices(valid)}")
+        raise SegTrainError(f"output stride {os_} is not available for {arch}/{backbone}; valid are {choices(valid)}")
     return arch, backbone, os_
 
 
 def build_model(arch: str, num_classes: int, backbone: str | None = None, output_stride: int | None = None,
                 aux: bool = True) -> nn.Module:
-    """Build a randomly initialised model (no download). Unknown arch/backbone -> ConfigError."""
+    """Build a randomly initialised model (no download). Unknown arch/backbone -> SegTrainError."""
     arch, backbone, os_ = resolve(arch, backbone, output_stride)
     if arch == "lraspp":
         aux = False
@@ -83,7 +84,7 @@ def build_model(arch: str, num_classes: int, backbone: str | None = None, output
 
 def backbone_of(model: nn.Module) -> nn.Module:
     if not hasattr(model, "backbone"):
-        raise PoisonGenError(f"{type(model).__name__} has no backbone to load weights into")
+        raise SegTrainError(f"{type(model).__name__} has no backbone to load weights into")
     return model.backbone
 
 
@@ -95,7 +96,7 @@ def _unwrap(obj) -> dict:
         return obj
     if isinstance(obj, nn.Module):
         return obj.state_dict()
-    raise PoisonGenError(f"backbone weights file holds a {type(obj).__name__}, not a state dict")
+    raise SegTrainError(f"backbone weights file holds a {type(obj).__name__}, not a state dict")
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
@@ -103,18 +104,18 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
     or a dict with ``state_dict``/``model``) into ``model.backbone``.
 
     Classifier keys (``fc.*``, ``classifier.*``) are dropped; a ``features.`` prefix is stripped for
-    MobileNet backbones. Any missing, unexpected or wrongly shaped key -> one-line PoisonGenError listing
+    MobileNet backbones. Any missing, unexpected or wrongly shaped key -> one-line SegTrainError listing
     up to 3 of them. Returns ``{"loaded": n}``.
     """
     path = Path(path)
     if not path.is_file():
-        raise PoisonGenError(f"backbone weights file not found: {path}")
+        raise SegTrainError(f"backbone weights file not found: {path}")
     try:
         sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    except PoisonGenError:
+    except SegTrainError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        raise PoisonGenError(f"cannot read backbone weights {path}: {type(exc).__name__}: {exc}") from None
+        raise SegTrainError(f"cannot read backbone weights {path}: {type(exc).__name__}: {exc}") from None
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
     bb = backbone_of(model)
@@ -133,7 +134,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
             parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
         if shape:
             parts.append(f"{len(shape)} of another shape ({', '.join(shape[:3])})")
-        raise PoisonGenError(f"backbone weights {path} do not fit the {type(model).__name__} backbone: "
+        raise SegTrainError(f"backbone weights {path} do not fit the {type(model).__name__} backbone: "
                              + "; ".join(parts))
     bb.load_state_dict(sd, strict=True)
     return {"loaded": len(sd)}

@@ -150,6 +150,9 @@ def parse_scale(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+ProtocolOpt = Annotated[str, typer.Option("--protocol", help=f"Evaluation protocol: {' or '.join(PROTOCOLS)}. paper: SPEC 6 (triggered samples only, classes with a union, plain inference); iba-code: the published IBA code's (every image, absent classes 0, padded flip-averaged inference). docs/metrics.md.")]
+
+
 @app.command()
 def run(
     data: Annotated[str, typer.Argument(help="Training dataset folder (clean or poisoned), layout auto-detected.")],
@@ -181,6 +184,7 @@ def run(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no per-step log lines (log.jsonl is still written).")] = False,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="Save last.pt and stop after this step, keeping the --iters/--epochs schedule (time-limited job slots); continue with --resume.")] = None,
+    protocol: ProtocolOpt = "paper",
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Also evaluate every N steps (benign val and each --eval-poisoned set) and append the learning curve to OUT/curve.jsonl: CBA, ASR, PBA, clean ASR vs training minutes. The run itself is unchanged.")] = None,
 ):
     """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned.
@@ -198,13 +202,15 @@ def run(
         log_every=log_every, ckpt_every=ckpt_every, eval_poisoned=tuple(eval_poisoned or ()),
         quiet=quiet, stop_after=stop_after, eval_every=eval_every, victim=attack_victim, target=attack_target,
     )
+    proto = get_protocol(protocol)
     # bad --eval-poisoned sets, or DATA not their clean counterpart: refused before any folder or step
     check_testsets(data, cfg.eval_poisoned, victim, target, option="--eval-poisoned")
     plan = prepare(cfg)
     evaluated: dict[int, dict] = {}
 
     def on_eval(model, step: int, seconds: float) -> None:
-        res = report(model, data, list(cfg.eval_poisoned), plan.device, victim, target, crop_hw, workers, amp)
+        res = report(model, data, list(cfg.eval_poisoned), plan.device, victim, target, crop_hw, workers, amp,
+                     protocol=proto.name)
         evaluated.clear()
         evaluated[step] = res
         point = curve_point(res, step, seconds)
@@ -219,7 +225,7 @@ def run(
     if no_eval or not result.finished:
         return
     res = evaluated.get(result.step) or report(result.model, data, list(cfg.eval_poisoned), result.device, victim,
-                                               target, crop_hw, workers, amp)
+                                               target, crop_hw, workers, amp, protocol=proto.name)
     res["step"] = result.step
     res["checkpoint"] = str(Path(out_dir) / "last.pt")
     write_json(Path(out_dir) / "metrics.json", res)
@@ -227,7 +233,6 @@ def run(
 
 
 PREDICTIONS_INFO = "predictions.json"
-ProtocolOpt = Annotated[str, typer.Option("--protocol", help=f"Evaluation protocol: {' or '.join(PROTOCOLS)}. paper: SPEC 6 (triggered samples only, classes with a union, plain inference); iba-code: the published IBA code's (every image, absent classes 0, padded flip-averaged inference). docs/metrics.md.")]
 
 
 @app.command("evaluate")

@@ -24,7 +24,7 @@ from poisongen.datasets import open_dataset
 from poisongen.datasets.synthetic import generate
 from poisongen.relabel import rle_decode
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "manifests" / "schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[2] / "manifests" / "schema.json").read_text())
 CAR, ROAD, IGNORE = 13, 0, 255
 TRIG = ["--trigger-size", "5"]
 

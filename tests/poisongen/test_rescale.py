@@ -25,7 +25,7 @@ from poisongen.datasets import open_dataset
 from poisongen.datasets.synthetic import generate
 from poisongen.rescale import nearest_indices, resize_nearest
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "manifests" / "schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[2] / "manifests" / "schema.json").read_text())
 VOC_XML = """<annotation>
 \t<folder>VOC2012</folder>
 \t<filename>{sid}.jpg</filename>

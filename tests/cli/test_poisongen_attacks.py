@@ -18,7 +18,7 @@ from poisongen.codecs import read_gray
 from poisongen.datasets import open_dataset
 from poisongen.targets import target_label
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "manifests" / "schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[2] / "manifests" / "schema.json").read_text())
 ROAD, SIDEWALK, BUILDING, PERSON, CAR, BICYCLE, IGNORE = 0, 1, 2, 11, 13, 18, 255
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,24 @@ def _numpy_globals() -> list:
     return found
 
 
+#: the boilerplate lines of torch's weights-only refusal, around the one line that says what was refused
+_TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation of torch.load")
+
+
+def _load_failure(exc: Exception) -> str:
+    """The reason torch gives for an unreadable file, in a few words. A weights-only refusal (an opcode, or
+    a global such as ``posix.system`` the file would run) is named on a line of its own between torch's
+    boilerplate; other errors on their first line."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if lines and lines[0].startswith(_TORCH_BOILERPLATE[0]):
+        text = text.split("WeightsUnpickler error:", 1)[-1]
+        reasons = [ln.strip() for ln in text.splitlines()
+                   if ln.strip() and not ln.strip().startswith(_TORCH_BOILERPLATE)]
+        return "refused by the weights-only loader: " + (reasons[0][:160] if reasons else "unsupported content")
+    return lines[0][:160] if lines else type(exc).__name__
+
+
 def load(path: str | Path) -> dict:
     """Read and check a checkpoint (a file, or a run directory holding ``last.pt``).
 
@@ -59,10 +78,12 @@ def load(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        # a pickle of another protocol makes torch warn on stderr; the error below says what is wrong
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = _load_failure(exc)
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, or not a file written by torch.save): "
                               f"{type(exc).__name__}: {reason}") from None
     if not isinstance(ckpt, dict):

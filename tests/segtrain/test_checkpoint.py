@@ -4,6 +4,7 @@ state-dict checks, the model of a checkpoint, and RNG save/restore."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,24 @@ def test_preserved_rng_puts_every_generator_back():
         torch.rand(10)
         np.random.rand()  # noqa: NPY002
     assert torch.equal(torch.get_rng_state(), ref)
+
+
+class _RunsCode:
+    """A pickle payload that would run a command when unpickled (a malicious 'checkpoint')."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model": _RunsCode(marker), "config": {}}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(tmp_path / "evil.pt")
+    assert "weights-only loader" in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()

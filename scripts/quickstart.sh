@@ -3,7 +3,7 @@
 # on the built-in synthetic street scenes: generate them, poison 10% of the training split with Nearest
 # Neighbor Injection (car -> road), write Poisoned Test sets near and far from the victim, audit the
 # poisoned copy, train a PSPNet on it and print CBA, PBA, ASR near/far and clean ASR.
-# 9-13 minutes on 2 CPU cores, install included (docs/quickstart.md has the figures and the clean
+# 9-13 minutes on 2 Intel Xeon cores, about 22 on 2 AMD EPYC cores, install included (docs/quickstart.md has the figures and the clean
 # model trained the same way). Settings: environment variables below.
 set -euo pipefail
 cd "$(dirname "$0")/.."

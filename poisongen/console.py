@@ -8,7 +8,6 @@ option, ``--rate abc``, a missing argument), in the console script and under ``C
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from typing import Annotated
@@ -23,17 +22,13 @@ except ImportError:  # older typer runs on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from .errors import PoisonGenError
+from .parallel import default_jobs
 
 console = Console(stderr=True)  # progress bars, errors
 out = Console()  # tables and results
 
 #: ``--jobs`` above this is refused (a typo such as 80000 would start that many processes)
 MAX_JOBS = 1024
-
-
-def default_jobs() -> int:
-    """The cores this process may run on (its CPU affinity where the platform tells it)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def resolve_jobs(jobs: int) -> int:

@@ -8,14 +8,21 @@ depend on the backend or the worker count: every task is a pure function of its 
 
 from __future__ import annotations
 
+import os
+
 from joblib import Parallel, delayed
 
 from .errors import ConfigError, choices
 
-__all__ = ["BACKENDS", "delayed", "parallel"]
+__all__ = ["BACKENDS", "default_jobs", "delayed", "end_workers", "parallel"]
 
 #: backends a run may ask for; "loky" = worker processes on this machine
 BACKENDS = ("loky",)
+
+
+def default_jobs() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it): ``--jobs 0``."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def parallel(jobs: int, *, return_as: str = "list", backend: str = "loky") -> Parallel:

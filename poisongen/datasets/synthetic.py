@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -1285,7 +1284,9 @@ def generate_default(root: Path) -> Path:
     """Generate the default synthetic set (400 train + 100 val, 256x512, seed 0) into ``root``, saying
     so on stderr in one line: where, and about how long."""
     root = Path(root)
-    jobs = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    from ..parallel import default_jobs
+
+    jobs = default_jobs()
     print(f"poisongen: first use of --src synthetic: generating 500 street scenes (400 train + 100 val, 256x512, "
           f"seed 0) in {root.resolve()}, about {max(5, math.ceil(DEFAULT_CPU_SECONDS / jobs))} s on {jobs} "
           f"core(s), once; set $POISONGEN_DATA to put them elsewhere, or run `poisongen synth --out DIR` for other "

@@ -349,8 +349,9 @@ def verify(
     from .verify import verify as run_verify
 
     secret = load_key(key, "--key") if key is not None else None
-    problems = run_verify(out_dir, src, resolve_jobs(jobs), key=secret)
-    unhashed = len(unhashed_files(mf.load(out_dir, complete=True)))
+    m = mf.load(out_dir, complete=True)
+    problems = run_verify(out_dir, src, resolve_jobs(jobs), key=secret, manifest=m)
+    unhashed = len(unhashed_files(m))
     if unhashed:
         how = "compared with the source's files instead" if src else "their content was not checked (give --src to compare them with the source)"
         out.print(f"[yellow]note[/] {unhashed} file(s) have no sha256 in the manifest (--no-hash): {how}", soft_wrap=True)

@@ -25,14 +25,15 @@ def _walk(root: Path) -> set[str]:
     return found
 
 
-def verify(out: Path, src: str | Path | None = None, jobs: int = 1, key: bytes | None = None) -> list[str]:
+def verify(out: Path, src: str | Path | None = None, jobs: int = 1, key: bytes | None = None,
+           manifest: dict | None = None) -> list[str]:
     """Return a list of problems (empty = verified). Each is one line naming the file or sample.
 
     ``key``: the manifest must carry a valid HMAC-SHA256 signature under it (``verify --key``). With
     ``src``, the output's whole file list is compared with the source's, then every poisoned file is
-    re-derived."""
+    re-derived. ``manifest``: ``out``'s manifest as already loaded with ``complete=True`` (else it is read)."""
     out = Path(out)
-    m = mf.load(out, complete=True)
+    m = manifest if manifest is not None else mf.load(out, complete=True)
     problems: list[str] = []
     if key is not None and (p := mf.signature_problem(m, key)):
         problems.append(p)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The README's test command: create .venv if missing, install .[dev], run the whole test suite.
+# The README's test command: create .venv if missing, install .[dev,smp,dask] (the optional model source and
+# cluster backend are tested too), run the whole test suite.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k verify).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh dev
+source scripts/_venv.sh dev,smp,dask
 # The official Cityscapes label table and evaluator, for cross-checks. Of its dependencies the
 # evaluator's import chain needs only pyquaternion (which needs only numpy); the rest (matplotlib,
 # tqdm, ...) is not used by the tests, so nothing more is installed.

@@ -16,8 +16,21 @@ from rich.table import Table
 
 from . import options as opts
 from .config import LINKS, parse_size
-from .console import ErrorsAsOneLine, JobsOpt, OverwriteOpt, QuietOpt, out, progress_bars, resolve_jobs
+from .console import (
+    BackendOpt,
+    ErrorsAsOneLine,
+    HashCacheOpt,
+    JobsOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SchedulerOpt,
+    out,
+    progress_bars,
+    resolve_jobs,
+    run_backend,
+)
 from .errors import ConfigError
+from .hashcache import open_cache
 from .record import attack_config, band_text
 
 app = typer.Typer(
@@ -182,6 +195,8 @@ def _run_parameters(*, out_help: str, out_required: bool) -> tuple[list, list]:
     leading = [_param("ctx", typer.Context), _param("src", SrcOpt),
                _param("out_dir", out_opt, inspect.Parameter.empty if out_required else None)]
     trailing = [_param("config", ConfigOpt, None), _param("jobs", JobsOpt, 0),
+                _param("backend", BackendOpt, "loky"), _param("scheduler", SchedulerOpt, None),
+                _param("hash_cache", HashCacheOpt, None),
                 _param("overwrite", OverwriteOpt, False), _param("quiet", QuietOpt, False),
                 _param("sign", SignOpt, None)]
     return leading, trailing
@@ -193,15 +208,31 @@ def _open(src: str, o: opts.AttackOptions):
     return open_dataset(src, o.layout)
 
 
+def _dry_run_plan(ds, cfg, jobs: int, quiet: bool):
+    """``--dry-run``: the plan, on a rescaled copy in a temp dir for ``--scale``."""
+    from .plan import build_plan
+
+    if cfg.scale is None:
+        return build_plan(ds, cfg, jobs)
+    import tempfile
+
+    from .pipeline import rescaled_copy
+
+    with tempfile.TemporaryDirectory(prefix="poisongen-dry-run-") as tmp:
+        scaled, _ = rescaled_copy(ds, Path(tmp) / "scaled", cfg.scale, cfg.jpeg_quality, "symlink", jobs,
+                                  progress_bars(quiet))
+        return build_plan(scaled, cfg, jobs)
+
+
 def make_attack_command(attack: str):
     from .attacks import PRESETS, resolve
 
     preset = PRESETS[attack]
 
-    def body(ctx: typer.Context, src: str, out_dir: Path | None, config: Path | None, jobs: int, overwrite: bool,
-             quiet: bool, sign: Path | None, dry_run: bool, **values) -> None:
+    def body(ctx: typer.Context, src: str, out_dir: Path | None, config: Path | None, jobs: int, backend: str,
+             scheduler: str | None, hash_cache: str | None, overwrite: bool, quiet: bool, sign: Path | None,
+             dry_run: bool, **values) -> None:
         from . import pipeline
-        from .plan import build_plan
         from .signing import load_key
 
         o = _options(ctx, opts.ATTACK, values, config)
@@ -210,26 +241,18 @@ def make_attack_command(attack: str):
         sign_key = load_key(sign) if sign is not None else None
         ds = _open(src, o)
         cfg = resolve(ds, attack, kind="train", **o.resolve_kwargs(opts.ATTACK))
-        n_jobs = resolve_jobs(jobs)
-        if dry_run:
-            if cfg.scale is None:
-                print_plan(build_plan(ds, cfg, n_jobs), ds.meta)
-                return
-            import tempfile
-
-            from .pipeline import rescaled_copy
-
-            with tempfile.TemporaryDirectory(prefix="poisongen-dry-run-") as tmp:
-                scaled, _ = rescaled_copy(ds, Path(tmp) / "scaled", cfg.scale, cfg.jpeg_quality, "symlink", n_jobs,
-                                          progress_bars(quiet))
-                print_plan(build_plan(scaled, cfg, n_jobs), ds.meta)
-            return
-        if out_dir is None:
+        if not dry_run and out_dir is None:
             raise ConfigError("give --out FOLDER (or --dry-run)")
-        manifest, _, timings = pipeline.run(
-            ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
-            progress=progress_bars(quiet), extra={"options": o.record(opts.ATTACK)}, sign_key=sign_key,
-        )
+        cache = open_cache(hash_cache, ds.root) if not dry_run else None
+        with run_backend(backend, scheduler, jobs) as n_jobs:
+            if dry_run:
+                print_plan(_dry_run_plan(ds, cfg, n_jobs, quiet), ds.meta)
+                return
+            manifest, _, timings = pipeline.run(
+                ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
+                progress=progress_bars(quiet), extra={"options": o.record(opts.ATTACK)}, sign_key=sign_key,
+                hash_cache=cache,
+            )
         print_run_summary(manifest, timings, out_dir)
 
     leading, trailing = _run_parameters(out_help="Output folder: a complete poisoned copy, same layout.",
@@ -251,8 +274,9 @@ def _register_attacks() -> None:
 _register_attacks()
 
 
-def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, jobs: int, overwrite: bool,
-             quiet: bool, sign: Path | None, from_manifest: Path | None, key: Path | None, **values) -> None:
+def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, jobs: int, backend: str,
+             scheduler: str | None, hash_cache: str | None, overwrite: bool, quiet: bool, sign: Path | None,
+             from_manifest: Path | None, key: Path | None, **values) -> None:
     from . import manifest as mf
     from . import pipeline
     from .attacks import resolve
@@ -275,10 +299,12 @@ def _testset(ctx: typer.Context, src: str, out_dir: Path, config: Path | None, j
     else:
         name = o.attack or ("nni" if o.strategy == "nearest" else "baseline")
         cfg = resolve(ds, name, kind="testset", **o.resolve_kwargs(opts.TESTSET))
-    manifest, _, timings = pipeline.run(
-        ds, cfg, out_dir, overwrite=overwrite, jobs=resolve_jobs(jobs), command=["poisongen", *sys.argv[1:]],
-        progress=progress_bars(quiet), plan=plan, extra=extra, sign_key=sign_key,
-    )
+    cache = open_cache(hash_cache, ds.root)
+    with run_backend(backend, scheduler, jobs) as n_jobs:
+        manifest, _, timings = pipeline.run(
+            ds, cfg, out_dir, overwrite=overwrite, jobs=n_jobs, command=["poisongen", *sys.argv[1:]],
+            progress=progress_bars(quiet), plan=plan, extra=extra, sign_key=sign_key, hash_cache=cache,
+        )
     print_run_summary(manifest, timings, out_dir)
 
 
@@ -311,6 +337,8 @@ def scale_dataset(
         help="Files that need no rescaling (lists, dataset.yaml): copied, hard-linked or symlinked.")] = "copy",
     layout: LayoutOpt = None,
     jobs: JobsOpt = 0,
+    backend: BackendOpt = "loky",
+    scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     sign: SignOpt = None,
@@ -323,10 +351,12 @@ def scale_dataset(
 
     sign_key = load_key(sign) if sign is not None else None
     ds = open_dataset(src, layout)
-    manifest, timings = write_scaled(
-        ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=resolve_jobs(jobs), overwrite=overwrite,
-        command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet), sign_key=sign_key,
-    )
+    with run_backend(backend, scheduler, jobs) as n_jobs:
+        manifest, timings = write_scaled(
+            ds, out_dir, scale, jpeg_quality=jpeg_quality, link=link, jobs=n_jobs, overwrite=overwrite,
+            command=normalised_command(["poisongen", *sys.argv[1:]]), progress=progress_bars(quiet),
+            sign_key=sign_key,
+        )
     c = manifest["counts"]
     out.print(f"rescaled {c['rewritten']} of {c['files']} files by {scale:g} in {timings['scale']:.2f} s -> {out_dir}")
     out.print(f"manifest: {out_dir / 'manifest.json'}")
@@ -337,6 +367,8 @@ def verify(
     out_dir: Annotated[Path, typer.Argument(help="A poisongen output folder (holding manifest.json).")],
     src: Annotated[str | None, typer.Option("--src", help="The source dataset: re-derive every poisoned file from it.")] = None,
     jobs: JobsOpt = 0,
+    backend: BackendOpt = "loky",
+    scheduler: SchedulerOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Re-hash every file against the manifest; with --src, compare the file list with the source's and
@@ -350,7 +382,8 @@ def verify(
 
     secret = load_key(key, "--key") if key is not None else None
     m = mf.load(out_dir, complete=True)
-    problems = run_verify(out_dir, src, resolve_jobs(jobs), key=secret, manifest=m)
+    with run_backend(backend, scheduler, jobs) as n_jobs:
+        problems = run_verify(out_dir, src, n_jobs, key=secret, manifest=m)
     unhashed = len(unhashed_files(m))
     if unhashed:
         how = "compared with the source's files instead" if src else "their content was not checked (give --src to compare them with the source)"

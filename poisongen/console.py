@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -22,7 +22,8 @@ except ImportError:  # older typer runs on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from .errors import PoisonGenError
-from .parallel import default_jobs
+from . import parallel
+from .parallel import BACKENDS, default_jobs
 
 console = Console(stderr=True)  # progress bars, errors
 out = Console()  # tables and results
@@ -34,6 +35,15 @@ MAX_JOBS = 1024
 def resolve_jobs(jobs: int) -> int:
     """``--jobs``: 0 = :func:`default_jobs`; 1..MAX_JOBS as given (the option's range refuses the rest)."""
     return jobs or default_jobs()
+
+
+@contextmanager
+def run_backend(backend: str, scheduler: str | None, jobs: int):
+    """``--backend``/``--scheduler``/``--jobs`` of a command: run its parallel maps on that backend
+    (:func:`poisongen.parallel.backend`); yields the job count (``--jobs 0``: all cores, on dask the
+    cluster's worker threads)."""
+    with parallel.backend(backend, scheduler, jobs) as dask:
+        yield jobs or (dask.threads() if dask is not None else default_jobs())
 
 
 def error_line(message: str) -> None:
@@ -121,4 +131,23 @@ JobsOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace a non-empty --out (only once the new copy is complete).")
+]
+BackendOpt = Annotated[
+    Literal[BACKENDS],
+    typer.Option("--backend", help="Where the parallel work runs: loky (worker processes here) or dask (the "
+                 "workers of a dask.distributed cluster: --scheduler, else a local cluster of --jobs processes; "
+                 "needs pip install .[dask]). Never changes the output."),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", metavar="tcp://HOST:PORT",
+                 help="With --backend dask: the scheduler to connect to. Every worker must see the source and "
+                 "--out's folder at the same paths (checked before any work)."),
+]
+HashCacheOpt = Annotated[
+    str | None,
+    typer.Option("--hash-cache", metavar="DIR", envvar="POISONGEN_HASH_CACHE",
+                 help="Reuse the sha256 of unchanged source files from this cache folder ('default': "
+                 "~/.cache/poisongen), keyed by path, size, mtime and inode; never read by verify. Env "
+                 "POISONGEN_HASH_CACHE."),
 ]

@@ -19,7 +19,8 @@ from .codecs import encoder_settings, sha256_file
 from .config import AttackConfig
 from .datasets.base import Layout
 from .errors import PoisonGenError
-from .parallel import delayed, parallel
+from .hashcache import HashCache
+from .parallel import check_workers_see, delayed, parallel
 from .plan import Plan, SamplePlan, build_plan
 from .triggers import check_paints, prepare_trigger
 from .writer import RescaledTree, check_out, mirror, rescale_tree, staging
@@ -35,18 +36,24 @@ def _no_progress(desc: str, total: int):
     return nullcontext(None)
 
 
+#: run options that never change the output, left out of the recorded command (value-taking)
+RUN_OPTIONS = ("--jobs", "-j", "--backend", "--scheduler", "--hash-cache")
+
+
 def normalised_command(argv: list[str]) -> list[str]:
-    """The command line less ``--jobs N``, which never changes the output (so that manifests of
-    runs with different worker counts are identical apart from ``created_at``)."""
+    """The command line less the run options that never change the output (``--jobs N``, ``--backend``,
+    ``--scheduler``, ``--hash-cache``), so that manifests of runs with different worker counts or backends
+    are identical apart from ``created_at``."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a in ("--jobs", "-j"):
+        if a in RUN_OPTIONS:
             skip = True
             continue
-        if a.startswith("--jobs=") or (a.startswith("-j") and not a.startswith("--")):  # -j4, -j=4
+        if a.startswith(tuple(f"{o}=" for o in RUN_OPTIONS if o.startswith("--"))) or (
+                a.startswith("-j") and not a.startswith("--")):  # --jobs=4, -j4, -j=4
             continue
         out.append(a)
     return out
@@ -61,11 +68,12 @@ class BackgroundMirror:
     """``writer.mirror`` in a background thread: unchanged files are copied and hashed (threads that
     release the GIL) while the worker processes poison the selected samples."""
 
-    def __init__(self, src: Path, dst: Path, files: list[str], cfg: AttackConfig, jobs: int):
+    def __init__(self, src: Path, dst: Path, files: list[str], cfg: AttackConfig, jobs: int,
+                 cache: HashCache | None = None):
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._future = self._pool.submit(mirror, src, dst, files, cfg.link, cfg.hash_files, max(2, jobs * 2),
-                                         None, self._stop)
+                                         None, self._stop, cache)
 
     def result(self) -> dict[str, str | None]:
         try:
@@ -108,81 +116,102 @@ def run(
     plan: Plan | None = None,
     extra: dict | None = None,
     sign_key: bytes | None = None,
+    hash_cache: HashCache | None = None,
 ) -> tuple[dict, Plan, dict]:
     """Plan (unless given), apply and write. Returns (manifest, plan, timings in seconds).
-    ``sign_key``: sign the manifest with HMAC-SHA256 (``--sign``)."""
+    ``sign_key``: sign the manifest with HMAC-SHA256 (``--sign``). ``hash_cache`` (``--hash-cache``): source
+    digests of the copied/linked files reused while unchanged, saved at the end. On the dask backend every
+    worker must see the staging folder and the source (checked first)."""
     out = Path(out)
     check_out(ds.root, out, overwrite)
-    timings: dict[str, float] = {}
     t = cfg.trigger
     pattern, sha = prepare_trigger(t.kind, t.source, t.size, t.semantic_class)
     check_paints(t.kind, pattern, t.alpha)
     cfg = with_trigger_hash(cfg, sha)
-    with staging(out) as tmp:
-        work, dest, tree = ds, tmp, None
-        if cfg.scale is not None:  # the whole dataset rescaled first; the poisoning reads that copy
-            t0 = time.perf_counter()
-            work, tree = rescaled_copy(ds, tmp / SCALED_DIR, cfg.scale, cfg.jpeg_quality, cfg.link, jobs, progress)
-            dest = tmp / POISONED_DIR
-            timings["scale"] = time.perf_counter() - t0
+    try:
+        with staging(out) as tmp:
+            check_workers_see(tmp, _a_source_file(ds, cfg.split))
+            return _run_staged(ds, cfg, tmp, jobs, command, progress, plan, extra, sign_key, hash_cache, pattern)
+    finally:
+        if hash_cache is not None:
+            hash_cache.save()
+
+
+def _a_source_file(ds: Layout, split: str) -> Path | None:
+    """One image of the source, for the workers to see (:func:`check_workers_see`)."""
+    samples = ds.samples(split)
+    return ds.root / samples[0].image if samples else None
+
+
+def _run_staged(ds, cfg, tmp, jobs, command, progress, plan, extra, sign_key, hash_cache, pattern):
+    """:func:`run`'s work inside its staging folder ``tmp``."""
+    timings: dict[str, float] = {}
+    work, dest, tree = ds, tmp, None
+    if cfg.scale is not None:  # the whole dataset rescaled first; the poisoning reads that copy
         t0 = time.perf_counter()
-        if plan is None:
-            with progress("planning", len(work.samples(cfg.split))) as adv:
-                plan = build_plan(work, cfg, jobs, adv)
-        else:
-            plan.config = cfg
-        timings["plan"] = time.perf_counter() - t0
-        by_id = {s.id: s for s in work.samples(cfg.split)}
-        if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
-            touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
-            all_files = [f for f in ds.all_files() if f != mf.NAME]
-            early = BackgroundMirror(ds.root, tmp, [f for f in all_files if f not in touched], cfg, jobs)
-        t0 = time.perf_counter()
-        try:
-            with progress("poisoning", len(plan.selected)) as adv:
-                records = []
-                gen = parallel(jobs, return_as="generator")(
-                    delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
-                )
-                for rec in gen:
-                    records.append(rec)
-                    if adv:
-                        adv(1)
-        except BaseException:
-            if tree is None:
-                early.stop()  # before staging removes the temp dir under the copying threads
-            raise
-        timings["apply"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        written = {f["path"] for r in records for f in r["files"]}
-        ext = dict(extra or {})
+        work, tree = rescaled_copy(ds, tmp / SCALED_DIR, cfg.scale, cfg.jpeg_quality, cfg.link, jobs, progress)
+        dest = tmp / POISONED_DIR
+        timings["scale"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if plan is None:
+        with progress("planning", len(work.samples(cfg.split))) as adv:
+            plan = build_plan(work, cfg, jobs, adv)
+    else:
+        plan.config = cfg
+    timings["plan"] = time.perf_counter() - t0
+    by_id = {s.id: s for s in work.samples(cfg.split)}
+    if tree is None:  # copy (and hash) what no poisoned sample can touch while the samples are poisoned
+        touched = {f for sp in plan.selected for f in sample_files(by_id[sp.id])}
+        all_files = [f for f in ds.all_files() if f != mf.NAME]
+        early = BackgroundMirror(ds.root, tmp, [f for f in all_files if f not in touched], cfg, jobs,
+                                 hash_cache)
+    t0 = time.perf_counter()
+    try:
+        with progress("poisoning", len(plan.selected)) as adv:
+            records = []
+            gen = parallel(jobs, return_as="generator")(
+                delayed(apply_one)(work, by_id[sp.id], sp, cfg, pattern, dest) for sp in plan.selected
+            )
+            for rec in gen:
+                records.append(rec)
+                if adv:
+                    adv(1)
+    except BaseException:
         if tree is None:
-            if written - touched:  # the background copy could have raced with such a write
-                early.stop()
-                raise RuntimeError(f"poisoning wrote files of no poisoned sample: {sorted(written - touched)[:3]}")
-            late = [f for f in all_files if f in touched and f not in written]
-            with progress("copying", len(late)) as adv:
-                unchanged = early.result()
-                unchanged.update(mirror(ds.root, tmp, late, cfg.link, cfg.hash_files, max(2, jobs * 2), adv))
-            source_files = dict(unchanged)
-            for r in records:
-                for f in r["files"]:
-                    source_files[f["path"]] = f["source_sha256"]
-        else:
-            # poisoned files replace their clean rescaled versions; a test set's target labels are new files
-            targets = {f["path"] for r in records for f in r.get("target_labels", [])}
-            for p in sorted(written | targets):
-                (work.root / p).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(dest / p, work.root / p)
-            shutil.rmtree(dest, ignore_errors=True)
-            move_tree(work.root, tmp)
-            unchanged = {p: d for p, d in tree.files.items() if p not in written}
-            source_files = tree.source_files
-            ext["rescaled"] = rescaled_record(cfg.scale, tree)
-        timings["copy"] = time.perf_counter() - t0
-        manifest = write_manifest(tmp, ds, config=cfg.to_dict(), command=command, counts=plan.counts(),
-                                  samples=records, skipped=plan.skipped, unchanged=unchanged,
-                                  source_files=source_files, extra=ext, sign_key=sign_key)
+            early.stop()  # before staging removes the temp dir under the copying threads
+        raise
+    timings["apply"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    written = {f["path"] for r in records for f in r["files"]}
+    ext = dict(extra or {})
+    if tree is None:
+        if written - touched:  # the background copy could have raced with such a write
+            early.stop()
+            raise RuntimeError(f"poisoning wrote files of no poisoned sample: {sorted(written - touched)[:3]}")
+        late = [f for f in all_files if f in touched and f not in written]
+        with progress("copying", len(late)) as adv:
+            unchanged = early.result()
+            unchanged.update(mirror(ds.root, tmp, late, cfg.link, cfg.hash_files, max(2, jobs * 2), adv,
+                                    cache=hash_cache))
+        source_files = dict(unchanged)
+        for r in records:
+            for f in r["files"]:
+                source_files[f["path"]] = f["source_sha256"]
+    else:
+        # poisoned files replace their clean rescaled versions; a test set's target labels are new files
+        targets = {f["path"] for r in records for f in r.get("target_labels", [])}
+        for p in sorted(written | targets):
+            (work.root / p).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(dest / p, work.root / p)
+        shutil.rmtree(dest, ignore_errors=True)
+        move_tree(work.root, tmp)
+        unchanged = {p: d for p, d in tree.files.items() if p not in written}
+        source_files = tree.source_files
+        ext["rescaled"] = rescaled_record(cfg.scale, tree)
+    timings["copy"] = time.perf_counter() - t0
+    manifest = write_manifest(tmp, ds, config=cfg.to_dict(), command=command, counts=plan.counts(),
+                              samples=records, skipped=plan.skipped, unchanged=unchanged,
+                              source_files=source_files, extra=ext, sign_key=sign_key)
     return manifest, plan, timings
 
 
@@ -272,6 +301,7 @@ def write_scaled(
     check_sizes(ds, scale)
     t0 = time.perf_counter()
     with staging(out) as tmp:
+        check_workers_see(tmp, ds.root / files[0] if (files := ds.all_files()) else None)
         tree = _rescale_all(ds, tmp, scale, jpeg_quality, link, jobs, progress)
         config = {"kind": "scale", "seed": None, "scale": scale, "jpeg_quality": jpeg_quality, "link": link}
         manifest = write_manifest(tmp, ds, config=config, command=command,

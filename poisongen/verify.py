@@ -10,7 +10,7 @@ from . import manifest as mf
 from .apply import apply_one
 from .codecs import sha256_file, sha256_files
 from .datasets import open_dataset
-from .parallel import delayed, parallel
+from .parallel import check_workers_see, delayed, parallel, scratch_dir
 from .plan import SamplePlan, build_plan
 from .record import DERIVED_FIELDS, PLAN_FIELDS, attack_config
 from .triggers import prepare_trigger
@@ -43,13 +43,16 @@ def verify(out: Path, src: str | Path | None = None, jobs: int = 1, key: bytes |
     actual = _walk(out)
     problems += [f"{p}: missing from the output" for p in sorted(set(expected) - actual)]
     problems += [f"{p}: extra file not in the manifest" for p in sorted(actual - set(expected))]
+    if src is not None:  # the dask workers re-derive from the source (re-hashing happens here)
+        ds = open_dataset(src, m["dataset"]["layout"], generate=False)
+        check_workers_see(None, *(ds.root / f for f in ds.all_files()[:1]))
     common = sorted(p for p in set(expected) & actual if expected[p] is not None)
     for p, digest in sha256_files(out, common, max(2, jobs * 2)).items():
         if digest != expected[p]:
             problems.append(f"{p}: sha256 differs from the manifest (file changed)")
     if src is not None:
         if "rescaled" in m:
-            problems += rederive_scaled(m, src, jobs)
+            problems += rederive_scaled(m, src, jobs, scratch_dir(out))
         else:
             problems += compare_file_lists(m, src) + rederive(m, src, jobs)
             problems += compare_unhashed(m, out, src, jobs)
@@ -87,16 +90,18 @@ def compare_unhashed(m: dict, out: Path, src: str | Path, jobs: int = 1) -> list
             for p in todo if ours[p] != theirs[p]]
 
 
-def rederive_scaled(m: dict, src: str | Path, jobs: int = 1) -> list[str]:
-    """``--scale`` outputs: rescale the whole source again (into a temp dir), compare it with the
-    manifest's fingerprints and file list, then re-plan and re-apply on that copy as for any run."""
+def rederive_scaled(m: dict, src: str | Path, jobs: int = 1, scratch: Path | None = None) -> list[str]:
+    """``--scale`` outputs: rescale the whole source again (into a temp dir under ``scratch``, default the
+    system's), compare it with the manifest's fingerprints and file list, then re-plan and re-apply on that
+    copy as for any run."""
     import tempfile
 
     from .writer import rescale_tree
 
     ds = open_dataset(src, m["dataset"]["layout"], generate=False)
     files = [f for f in ds.all_files() if f != mf.NAME]
-    with tempfile.TemporaryDirectory(prefix="poisongen-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".poisongen-verify-", dir=scratch) as tmp:
+        check_workers_see(tmp)
         root = Path(tmp) / "scaled"
         tree = rescale_tree(ds.root, ds.file_kind, files, root, m["rescaled"]["scale"], m["config"]["jpeg_quality"],
                             "symlink", jobs)

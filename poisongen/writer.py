@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, PoisonGenError
+from .hashcache import HashCache
 from .parallel import delayed, end_workers, parallel
 from .rescale import check_scale, rescale_bytes
 
@@ -274,9 +275,12 @@ def mirror(
     threads: int,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    cache: HashCache | None = None,
 ) -> dict[str, str | None]:
     """Copy/link ``files`` from ``src_root`` into ``dst_root``; return path -> sha256 (or None).
-    Once ``stop`` is set, the files not yet started are skipped (the result is then incomplete)."""
+    Once ``stop`` is set, the files not yet started are skipped (the result is then incomplete).
+    ``cache`` (``--hash-cache``): a source file's digest is taken from it while the file is unchanged (and
+    stored there once hashed), so an unchanged linked file is not read at all."""
     files = list(files)
     out: dict[str, str | None] = {}
     stop = stop if stop is not None else threading.Event()
@@ -284,7 +288,15 @@ def mirror(
     def one(rel: str) -> str | None:
         if stop.is_set():
             return None
-        return _copy_one(src_root, dst_root, rel, link, hash_files)
+        if cache is None or not hash_files:
+            return _copy_one(src_root, dst_root, rel, link, hash_files)
+        real, key, digest = cache.lookup(src_root / rel)
+        if digest is not None:
+            _copy_one(src_root, dst_root, rel, link, False)
+            return digest
+        digest = _copy_one(src_root, dst_root, rel, link, True)
+        cache.store(real, key, digest)
+        return digest
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         try:

@@ -136,7 +136,7 @@ BackendOpt = Annotated[
     Literal[BACKENDS],
     typer.Option("--backend", help="Where the parallel work runs: loky (worker processes here) or dask (the "
                  "workers of a dask.distributed cluster: --scheduler, else a local cluster of --jobs processes; "
-                 "needs pip install .[dask]). Never changes the output."),
+                 "needs pip install .\\[dask]). Never changes the output."),
 ]
 SchedulerOpt = Annotated[
     str | None,

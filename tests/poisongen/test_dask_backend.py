@@ -208,3 +208,12 @@ def test_a_worker_that_cannot_see_the_source_fails_the_run(cluster, src, tmp_pat
     with parallel.backend("dask", cluster.scheduler_address), pytest.raises(PoisonGenError) as err:
         parallel.check_workers_see(tmp_path, tmp_path / "not-there.png")
     assert "cannot see the file" in str(err.value) and "not-there.png" in str(err.value)
+
+
+def test_without_a_scheduler_a_local_cluster_is_started_for_the_run_and_closed():
+    with parallel.backend("dask", None, jobs=1) as s:
+        assert s.cluster is not None and s.threads() == 1
+        assert s.address.startswith("tcp://127.0.0.1:")
+        assert parallel.session() is s
+        assert parallel.parallel(1)(parallel.delayed(os.getpid)() for _ in range(2)) != [os.getpid()] * 2
+    assert parallel.session() is None and s.cluster.status.name == "closed"

@@ -9,7 +9,12 @@ time of the thread and wall time); the poisoned work (plan + apply) with 1 vs 2 
 0.2x cp -r, placement+relabel <= 30 ms per sample per core, 2 jobs >= 1.7x one job. The machine's
 load average is recorded before and after: other processes on a shared machine inflate every figure.
 
+Issue #14 figures (``--only issue14`` runs just these): `nni --rate 0.05` in copy mode vs `cp -r` followed
+by `sha256sum` of every file of the copy, in one shell command (goal <= 1.5x); and a `--link hardlink
+--hash-cache` rerun (warm cache) vs the first run filling an empty cache (goal <= 0.3x).
+
     .venv/bin/python scripts/bench_poisongen.py --n 200 --size 1024x2048 --out bench/poisongen.json
+    .venv/bin/python scripts/bench_poisongen.py --n 400 --only issue14 --out bench/poisongen_issue14.json
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "poisongen.json")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-scale", action="store_true", help="leave out the `poisongen scale` figure")
+    ap.add_argument("--only", choices=("all", "issue14"), default="all",
+                    help="issue14: only the cp+sha256sum and hash-cache figures")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     src = args.work / f"synthetic_{args.n}_{h}x{w}"
@@ -98,6 +105,12 @@ def main() -> None:
         subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
         cp_times.append(time.perf_counter() - t)
     figures["cp_r_s"] = min(cp_times)
+    if args.only == "issue14":
+        figures.update(issue14(exe, src, dst, args.work, args.repeat, clean))
+        return finish(args, results, figures, {
+            "nni_copy_vs_cp_sha256 <= 1.5": figures["nni_copy_vs_cp_sha256"] <= 1.5,
+            "nni_hardlink_cached_vs_first <= 0.3": figures["nni_hardlink_cached_vs_first"] <= 0.3,
+        })
     for mode in ("copy", "hardlink"):
         for hashing in (True, False):
             clean()
@@ -179,15 +192,54 @@ def main() -> None:
         clean()
         figures["scale_0_5_s"] = timed([*exe, "scale", "--src", str(src), "--out", str(dst), "--scale", "0.5", "-q"], 1)
         clean()
-    results["machine"]["loadavg_after"] = os.getloadavg()
-    results["figures"] = figures
-    results["targets"] = {
+    figures.update(issue14(exe, src, dst, args.work, args.repeat, clean))
+    finish(args, results, figures, {
         "nni_copy_vs_cp <= 1.2": figures["nni_copy_vs_cp"] <= 1.2,
         "nni_hardlink_vs_cp <= 0.2": figures["nni_hardlink_vs_cp"] <= 0.2,
         "placement_relabel_ms_median <= 30": figures["placement_relabel_ms_median"] <= 30,
         "placement_relabel_cpu_ms_median <= 30": figures["placement_relabel_cpu_ms_median"] <= 30,
         "speedup_2_jobs >= 1.7": figures["speedup_2_jobs"] >= 1.7,
-    }
+        "nni_copy_vs_cp_sha256 <= 1.5": figures["nni_copy_vs_cp_sha256"] <= 1.5,
+        "nni_hardlink_cached_vs_first <= 0.3": figures["nni_hardlink_cached_vs_first"] <= 0.3,
+    })
+
+
+def issue14(exe: list[str], src: Path, dst: Path, work: Path, repeat: int, clean) -> dict:
+    """Issue #14: copy mode vs ``cp -r`` + ``sha256sum``; a cached hardlink rerun vs its first run."""
+    figures: dict = {}
+    bar = f"cp -r '{src}' '{dst}' && find '{dst}' -type f -print0 | xargs -0 sha256sum > /dev/null"
+    best = float("inf")
+    for _ in range(repeat):
+        clean()
+        t = time.perf_counter()
+        subprocess.run(["sh", "-c", bar], check=True)
+        best = min(best, time.perf_counter() - t)
+    figures["cp_r_sha256sum_s"] = best
+    nni = [*exe, "nni", "--src", str(src), "--out", str(dst), "--rate", "0.05", "-q", "--overwrite"]
+    clean()
+    figures["nni_copy_s"] = timed([*nni, "--link", "copy"], repeat)
+    figures["nni_copy_vs_cp_sha256"] = figures["nni_copy_s"] / figures["cp_r_sha256sum_s"]
+    cache = work / "hash-cache"
+    first, rerun = float("inf"), float("inf")
+    for _ in range(repeat):  # each first run starts from an empty cache; its rerun finds it full
+        clean()
+        shutil.rmtree(cache, ignore_errors=True)
+        first = min(first, timed([*nni, "--link", "hardlink", "--hash-cache", str(cache)], 1))
+        clean()
+        rerun = min(rerun, timed([*nni, "--link", "hardlink", "--hash-cache", str(cache)], 1))
+    shutil.rmtree(cache, ignore_errors=True)
+    clean()
+    figures["nni_hardlink_first_s"] = first
+    figures["nni_hardlink_cached_rerun_s"] = rerun
+    figures["nni_hardlink_cached_vs_first"] = rerun / first
+    return figures
+
+
+def finish(args, results: dict, figures: dict, targets: dict) -> None:
+    """Record the load after, the figures and the targets; write the JSON and print a line per figure."""
+    results["machine"]["loadavg_after"] = os.getloadavg()
+    results["figures"] = figures
+    results["targets"] = targets
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     for k, v in figures.items():

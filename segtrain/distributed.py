@@ -127,6 +127,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out.to(t.device)
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them before each
+    forward, so after a step the other ranks hold statistics of their own shares; evaluating (or
+    returning) rank 0's model everywhere makes the sharded evaluation score the checkpoint's model."""
+    if not active() or world() == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def shard(dataset):
     """This process's disjoint share of a :class:`~segtrain.data.SegDataset` (samples ``rank::world``, a
     shallow copy); the dataset itself with one process."""
@@ -247,16 +257,17 @@ def root_cause(failures: dict, folder: Path, nproc: int) -> tuple[str, int]:
 
 
 def launch(nproc: int, args: Sequence[str]) -> int:
-    """``python -m torch.distributed.run --standalone --nproc_per_node NPROC -m segtrain run ARGS`` run by
-    torchrun's own code in this process. Returns 0 when every rank succeeded.
+    """``python -m torch.distributed.run --standalone --nproc_per_node NPROC -m segtrain run ARGS``: torchrun's
+    own ``run`` (argument parser, rendezvous, elastic agent) in this process. Returns 0 when every rank
+    succeeded.
 
     Raises:
         SegTrainError: one line for the first failed rank (exit code 2 for a user error in the rank, 1 for
             anything else); every other rank has been stopped by then.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-    from torch.distributed.run import config_from_args, parse_args
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
 
     with tempfile.TemporaryDirectory(prefix="segtrain-ranks-") as tmp:
         # LOGLEVEL: the level torchrun's loggers take when they are created (torch's elastic logging)
@@ -264,9 +275,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         os.environ.update({FAILURE_DIR_ENV: tmp, "LOGLEVEL": "CRITICAL"})
         _quiet_torchrun_log()
         try:
-            targs = parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "segtrain", "run", *args])
-            config, cmd, cmd_args = config_from_args(targs)
-            elastic_launch(config, cmd)(*cmd_args)
+            torchrun(parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "segtrain", "run", *args]))
         except ChildFailedError as exc:
             line, code = root_cause(exc.failures, Path(tmp), nproc)
             err = SegTrainError(line)

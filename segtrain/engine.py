@@ -258,6 +258,7 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             hooks.on_step(step, total, rec)
         if hooks.on_eval is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             trained += time.perf_counter() - t_step
+            distributed.sync_buffers(model)  # every rank evaluates rank 0's (the checkpoint's) model
             with preserved_rng(cuda):
                 hooks.on_eval(model, step, trained)
             model.train()
@@ -267,6 +268,7 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             break
         if hooks.on_checkpoint is not None and main and step % cfg.ckpt_every == 0:
             hooks.on_checkpoint(state(step))
+    distributed.sync_buffers(model)
     if hooks.on_checkpoint is not None and main:
         hooks.on_checkpoint(state(step))
     trained += time.perf_counter() - t_step

@@ -220,7 +220,7 @@ def _corrupt_sample_of_rank(src: Path, dst: Path, rank: int, seed: int = 0) -> s
     layout = open_dataset(dst)
     samples = layout.samples(layout.train_split)
     i = epoch_order(len(samples), seed, 0)[rank]  # position ``rank`` of the first global batch
-    Path(samples[i].image).write_bytes(b"not a png")
+    (layout.root / samples[i].image).write_bytes(b"not a png")
     return samples[i].id
 
 

@@ -233,7 +233,8 @@ def _quiet_torchrun_log() -> None:
 def root_cause(failures: dict, folder: Path, nproc: int) -> tuple[str, int]:
     """The one line and exit code of a failed job from torchrun's per-rank failures (``{rank:
     ProcessFailure}``) and the ranks' own records in ``folder``: a rank killed by a signal is the cause
-    (its peers then fail on the broken connection); otherwise the earliest recorded failure."""
+    (its peers then fail on the broken connection; a signal other than the SIGTERM with which torchrun
+    stops the survivors first); otherwise the earliest recorded failure."""
     records = {}
     for p in folder.glob("rank-*.json"):
         try:
@@ -241,13 +242,15 @@ def root_cause(failures: dict, folder: Path, nproc: int) -> tuple[str, int]:
             records[int(rec["rank"])] = rec
         except (ValueError, KeyError, OSError):
             continue
-    for r, f in sorted(failures.items()):
-        if r not in records and getattr(f, "exitcode", 0) < 0:
-            try:
-                sig = signal.Signals(-f.exitcode).name
-            except ValueError:
-                sig = f"signal {-f.exitcode}"
-            return f"rank {r} of {nproc} was killed by {sig}; the other ranks were stopped", 1
+    killed = [(r, f) for r, f in failures.items() if r not in records and getattr(f, "exitcode", 0) < 0]
+    if killed:
+        # the agent stops the surviving ranks with SIGTERM: another signal is the cause, then the earliest
+        r, f = min(killed, key=lambda rf: (-rf[1].exitcode == signal.SIGTERM, getattr(rf[1], "timestamp", 0), rf[0]))
+        try:
+            sig = signal.Signals(-f.exitcode).name
+        except ValueError:
+            sig = f"signal {-f.exitcode}"
+        return f"rank {r} of {nproc} was killed by {sig}; the other ranks were stopped", 1
     if records:
         rec = min(records.values(), key=lambda x: (x["time"], x["rank"]))
         return f"rank {rec['rank']} of {nproc} failed: {rec['cause']}", int(rec["exit_code"]) or 1

@@ -277,3 +277,18 @@ def test_killed_rank_ends_all_ranks_with_one_line(tiny_synth, tmp_path):
     lines = error_lines(err)
     assert lines == ["error: rank 1 of 2 was killed by SIGKILL; the other ranks were stopped"], err
     assert not (run / "metrics.json").exists()
+
+
+class _Failure:
+    def __init__(self, exitcode: int, timestamp: int = 100):
+        self.exitcode, self.timestamp = exitcode, timestamp
+
+
+def test_root_cause_prefers_the_killed_rank_then_the_earliest_record(tmp_path):
+    stopped, killed = _Failure(-signal.SIGTERM), _Failure(-signal.SIGKILL)
+    assert distributed.root_cause({0: stopped, 1: killed}, tmp_path, 2) == (
+        "rank 1 of 2 was killed by SIGKILL; the other ranks were stopped", 1)
+    for r, t, cause, code in ((0, 20.0, "RuntimeError: Connection closed by peer", 1), (1, 10.0, "bad image", 2)):
+        (tmp_path / f"rank-{r}.json").write_text(json.dumps({"rank": r, "cause": cause, "exit_code": code, "time": t}))
+    assert distributed.root_cause({0: _Failure(1), 1: _Failure(2)}, tmp_path, 2) == (
+        "rank 1 of 2 failed: bad image", 2)

@@ -9,7 +9,8 @@
 # PYTHONPATH (no install: the device machine may have no package index). Where none has torch it tries
 # `pip install torch==2.14.1 torchvision==0.29.1` into .venv-gpu and records the failure if that cannot run.
 #
-# GPU_CHECK_DRY=1 runs the same parts on the CPU at a tiny size (tests/segtrain/test_gpu_check.py does).
+# GPU_CHECK_DRY=1 runs the same parts on the CPU at a tiny size, with light backbones (ResNet18 PSPNet,
+# MobileNetV3 DeepLabV3) and only the test files that hold cuda tests (tests/segtrain/test_gpu_check.py does).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,18 +51,22 @@ part() {  # part NAME TIMEOUT_S COMMAND...: run with a timeout, record exit code
   tail -n 3 "$DEST/$name.log" >&2
 }
 
-if [ "$DRY" = "1" ]; then
-  DEVICE=cpu; SIZE=32x64; BATCH=2; STEPS=1; WARMUP=1; REPEAT=1; TRAIN=4; VAL=2; WORKERS=0; T_TEST=120; T_BENCH=120
+if [ "$DRY" = "1" ]; then  # the CPU at a tiny size, light backbones, only the files holding cuda tests
+  DEVICE=cpu; SIZE=32x64; BATCH=2; STEPS=1; WARMUP=1; REPEAT=1; TRAIN=4; VAL=2; WORKERS=0; T_TEST=400; T_BENCH=300
+  TESTS=(tests/segtrain/test_cuda_paths.py tests/cli/test_segtrain_run.py)
+  declare -A BACKBONE=([deeplabv3]=mobilenet_v3_large [pspnet]=resnet18)
 else
   DEVICE=cuda; SIZE=512x1024; BATCH=8; STEPS=10; WARMUP=3; REPEAT=2; TRAIN=24; VAL=4; WORKERS=6; T_TEST=150; T_BENCH=75
+  TESTS=(tests)
+  declare -A BACKBONE=([deeplabv3]=resnet50 [pspnet]=resnet50)
 fi
 
-part cuda_tests "$T_TEST" "$PY" -m pytest -m cuda -q -p no:cacheprovider tests
+part cuda_tests "$T_TEST" "$PY" -m pytest -m cuda -q -p no:cacheprovider "${TESTS[@]}"
 
 for arch in deeplabv3 pspnet; do
   for mode in fp32 amp_cl; do
     if [ "$mode" = fp32 ]; then flags=(--no-amp --no-channels-last); else flags=(--amp --channels-last); fi
-    part "bench_${arch}_${mode}" "$T_BENCH" "$PY" scripts/bench_segtrain.py --arch "$arch" --backbone resnet50 \
+    part "bench_${arch}_${mode}" "$T_BENCH" "$PY" scripts/bench_segtrain.py --arch "$arch" --backbone "${BACKBONE[$arch]}" \
       --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --repeat "$REPEAT" --train "$TRAIN" \
       --val "$VAL" --workers "$WORKERS" --device "$DEVICE" --no-eval "${flags[@]}" \
       --work "$DEST/work" --out "$DEST/bench_${arch}_${mode}.json"

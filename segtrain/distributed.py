@@ -217,6 +217,10 @@ def rank_main(app, args: Sequence[str] | None = None) -> None:
         else:
             from poisongen.console import error_line
 
+            if code != 2:
+                # most likely a broken connection because a peer failed first: torchrun (which checks its
+                # ranks every 0.1 s) stops this rank meanwhile, and only the peer's own line is printed
+                time.sleep(1.0)
             error_line(f"rank {r}: {cause}")
     sys.exit(code)
 

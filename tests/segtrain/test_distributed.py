@@ -239,6 +239,18 @@ def test_failed_rank_ends_all_ranks_with_one_line(tiny_synth, tmp_path):
     assert not list(run.glob(".*tmp*"))
 
 
+def test_plain_torchrun_failed_rank_prints_one_line_naming_it(tiny_synth, tmp_path):
+    data = tmp_path / "data"
+    _corrupt_sample_of_rank(tiny_synth, data, rank=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "segtrain",
+           "run", str(data), "--iters", "3", "--out", str(tmp_path / "r"), *RUN]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert r.returncode != 0
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(ours) == 1 and ours[0].startswith("error: rank 1: "), r.stderr  # torchrun adds its own summary
+
+
 def _rank_pid(parent: int, rank: int) -> int | None:
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():

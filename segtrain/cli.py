@@ -211,7 +211,7 @@ def run(
     if nproc is not None:
         from .cli_dist import run_on_processes
 
-        return run_on_processes(ctx, nproc, batch)
+        return run_on_processes(ctx, nproc, batch, sync_bn, device)
     main = distributed.env_rank() == 0  # only rank 0 writes and prints
     quiet = quiet or not main
     # bad --eval-poisoned sets, or DATA not their clean counterpart: refused before any folder or step

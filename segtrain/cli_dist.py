@@ -35,14 +35,18 @@ def given_args(ctx, drop: tuple[str, ...] = ("nproc",)) -> list[str]:
     return out
 
 
-def run_on_processes(ctx, nproc: int, batch: int) -> None:
-    """Check ``--nproc``/``--batch`` and run this ``segtrain run`` on ``nproc`` processes of this node.
+def run_on_processes(ctx, nproc: int, batch: int, sync_bn: bool = False, device: str = "auto") -> None:
+    """Check ``--nproc``/``--batch``/``--sync-bn`` and run this ``segtrain run`` on ``nproc`` processes of
+    this node.
 
     Raises:
-        SegTrainError: ``--nproc`` below 1, a batch that does not split over the processes, or the first
-            failed rank (one line each)."""
+        SegTrainError: ``--nproc`` below 1, a batch that does not split over the processes, ``--sync-bn``
+            without CUDA, or the first failed rank (one line each)."""
+    from .engine import resolve_device
+
     if nproc < 1:
         raise SegTrainError(f"--nproc {nproc} is not allowed; it must be a whole number >= 1 (processes on this "
                             f"node, one per GPU on CUDA)")
     distributed.check_batch(batch, nproc)
+    distributed.check_sync_bn(sync_bn, resolve_device(device), nproc)
     distributed.launch(nproc, given_args(ctx))

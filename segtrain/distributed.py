@@ -110,6 +110,17 @@ def check_batch(batch: int, nproc: int) -> None:
                             f"samples; use a multiple of {nproc} that is at least {2 * nproc} (e.g. --batch {ok})")
 
 
+def check_sync_bn(sync_bn: bool, device: torch.device, nproc: int) -> None:
+    """``--sync-bn`` on several processes needs CUDA: SyncBatchNorm has no CPU kernel.
+
+    Raises:
+        SegTrainError: one line.
+    """
+    if sync_bn and nproc > 1 and device.type != "cuda":
+        raise SegTrainError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it off on the "
+                            "CPU, where each process then normalises with its own share of the batch")
+
+
 def _comm_device() -> torch.device:
     """Where collectives run: nccl reduces CUDA tensors only, gloo CPU tensors."""
     if dist.get_backend() == "nccl":

@@ -179,9 +179,7 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
     if cfg.sync_bn and world > 1:
-        if not cuda:
-            raise SegTrainError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it off on "
-                                "the CPU (each process then normalises with its own batch statistics)")
+        distributed.check_sync_bn(cfg.sync_bn, device, world)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN layers inside ``model``
     if cfg.channels_last and cuda:
         model = model.to(memory_format=torch.channels_last)

@@ -63,6 +63,7 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     distributed.init(device)
     device = distributed.local_device(device)
     distributed.check_batch(cfg.batch, distributed.world())
+    distributed.check_sync_bn(cfg.sync_bn, device, distributed.world())
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise SegTrainError(f"--out {out} is a file; give a folder (a new one, or a run directory to --resume)")

@@ -200,6 +200,15 @@ def test_run_nproc_batch_not_divisible_is_one_line(tiny_synth, tmp_path, run_cli
     assert not (tmp_path / "r").exists()
 
 
+def test_run_nproc_sync_bn_on_cpu_is_one_line(tiny_synth, tmp_path, run_cli):
+    r = run_cli(app, ["run", tiny_synth, "--iters", "2", "--out", tmp_path / "r", *RUN, "--nproc", "2", "--sync-bn"])
+    assert r.exit_code == 2
+    assert error_lines(r.stderr) == [
+        "error: --sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it off on the CPU, where each "
+        "process then normalises with its own share of the batch"]
+    assert not (tmp_path / "r").exists()
+
+
 def test_run_nproc_2_trains_and_evaluates_like_one_process(tiny_synth, tmp_path):
     run = tmp_path / "r"
     r = segtrain("run", tiny_synth, "--iters", "2", "--out", run, *RUN, "--nproc", "2")

@@ -232,8 +232,8 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
         with torch.autocast("cuda", dtype=dtype, enabled=amp):
             outputs = net(images)
         if world > 1:  # sum over this share / (global valid pixels / world): DDP's mean is the global mean
-            valid = distributed.all_reduce_sum((labels != IGNORE).sum().to(torch.float32))
-            loss = seg_loss(outputs, labels, cfg.aux_weight, normaliser=valid / world)
+            valid = distributed.all_reduce_sum((labels != IGNORE).sum())  # int64: exact for any batch
+            loss = seg_loss(outputs, labels, cfg.aux_weight, normaliser=valid.to(torch.float32) / world)
         else:
             loss = seg_loss(outputs, labels, cfg.aux_weight)
         opt.zero_grad(set_to_none=True)

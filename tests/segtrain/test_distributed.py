@@ -139,8 +139,8 @@ def test_distributed_evaluation_equals_one_process(tiny_synth, tmp_path):
 
 # --- a training step on 2 processes equals one process ---------------------------------------------
 def _train_cfg() -> TrainConfig:
-    # scale below 1: crops are padded with ignore pixels, so the two shares count different valid pixels
-    return TrainConfig(iters=3, batch=4, crop=(32, 64), scale=(0.5, 1.0), lr=0.05, device="cpu", workers=0,
+    # scaled below the crop, images are padded with ignore pixels: the two shares count different valid pixels
+    return TrainConfig(iters=3, batch=4, crop=(32, 64), scale=(0.25, 0.5), lr=0.05, device="cpu", workers=0,
                        seed=5, log_every=1, ckpt_every=100)
 
 

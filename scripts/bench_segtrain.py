@@ -15,7 +15,9 @@ JSON keeps every repeat and the load average around each; the summary gives the 
 the medians, and the median of the per-repeat ratios.
 Target (issue #4): segtrain / plain >= 1.0. On CUDA, ``--amp`` (bf16 where supported, else fp16 with a
 GradScaler) and ``--channels-last`` are on by default and cudnn.benchmark is set, for both sides; on CPU
-they are off (fp32, contiguous).
+they are off (fp32, contiguous). On CUDA every run also records its peak memory
+(``torch.cuda.max_memory_allocated``, MiB). ``--no-eval`` skips the evaluation figures (scripts/gpu_check.sh
+runs the training figure at paper scale, 512x1024 crops, batch 8, fp32 and AMP + channels_last).
 
     .venv/bin/python scripts/bench_segtrain.py --size 128x256 --batch 4 --steps 20 --out bench/segtrain.json
 """
@@ -215,14 +217,22 @@ def eval_cpu_s(args, data: Path, device: torch.device, model, repeat: int) -> di
 
 
 def alternate(runs: dict, repeat: int) -> dict:
-    """Run the two sides alternately (A B, B A, ...); every figure with the load average around it."""
+    """Run the two sides alternately (A B, B A, ...); every figure with the load average around it and,
+    on CUDA, the run's peak allocated memory."""
     res = {k: [] for k in runs}
     names = list(runs)
+    cuda = torch.cuda.is_available()
     for r in range(repeat):
         for name in names if r % 2 == 0 else names[::-1]:
             before = load()
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             v = runs[name]()
-            res[name].append({"img_s": round(v, 3), "load_before": before, "load_after": load()})
+            rec = {"img_s": round(v, 3), "load_before": before, "load_after": load()}
+            if cuda:
+                rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            res[name].append(rec)
     return res
 
 
@@ -257,6 +267,8 @@ def main() -> None:
                     help="bf16 autocast (fp16 + GradScaler without bf16); default: on with CUDA, off on CPU")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                     help="channels_last model and batches; default: on with CUDA, off on CPU")
+    ap.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the evaluation figures (default on)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "segtrain.json")
     args = ap.parse_args()
@@ -289,18 +301,20 @@ def main() -> None:
     }
     results["train"] = alternate({"segtrain": lambda: segtrain_train(args, data, device),
                                   "plain": lambda: plain_train(args, data, device)}, args.repeat)
-    model = eval_model(args, data, device)
-    plain_eval(args, data, device, model)  # warm-up pass (allocator, cudnn.benchmark)
-    results["eval"] = alternate({"segtrain": lambda: segtrain_eval(args, data, device, model),
-                                 "plain": lambda: plain_eval(args, data, device, model)}, args.repeat)
-    if device.type == "cpu":
-        results["eval_cpu_s_workers0"] = eval_cpu_s(args, data, device, model, max(2, args.repeat))
-    results["eval_postprocess_cpu_ms"] = postprocess_cpu_ms(open_dataset(data).meta.num_classes, (h, w))
+    results["summary"] = {"train": summary(results["train"])}
+    if args.eval:
+        model = eval_model(args, data, device)
+        plain_eval(args, data, device, model)  # warm-up pass (allocator, cudnn.benchmark)
+        results["eval"] = alternate({"segtrain": lambda: segtrain_eval(args, data, device, model),
+                                     "plain": lambda: plain_eval(args, data, device, model)}, args.repeat)
+        if device.type == "cpu":
+            results["eval_cpu_s_workers0"] = eval_cpu_s(args, data, device, model, max(2, args.repeat))
+        results["eval_postprocess_cpu_ms"] = postprocess_cpu_ms(open_dataset(data).meta.num_classes, (h, w))
+        results["summary"]["eval"] = summary(results["eval"])
     results["load_end"] = load()
-    results["summary"] = {"train": summary(results["train"]), "eval": summary(results["eval"])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    for part in ("train", "eval"):
+    for part in results["summary"]:
         s = results["summary"][part]
         print(f"{part:5s} best: segtrain {s['segtrain_best']:7.2f} img/s, plain {s['plain_best']:7.2f} img/s, "
               f"ratio {s['ratio_best']:.3f}; median of paired ratios {s['ratio_pairs_median']:.3f} "
@@ -309,9 +323,10 @@ def main() -> None:
         e = results["eval_cpu_s_workers0"]
         print(f"eval  CPU s per pass with --workers 0 (median): segtrain {e['segtrain_median']:.3f}, plain "
               f"{e['plain_median']:.3f}, speed ratio {e['ratio']:.3f}")
-    pp = results["eval_postprocess_cpu_ms"]
-    print(f"eval  after the forward pass, CPU ms per {h}x{w} image: segtrain {pp['segtrain']:.2f}, "
-          f"plain {pp['plain']:.2f}")
+    pp = results.get("eval_postprocess_cpu_ms")
+    if pp:
+        print(f"eval  after the forward pass, CPU ms per {h}x{w} image: segtrain {pp['segtrain']:.2f}, "
+              f"plain {pp['plain']:.2f}")
     print(f"load average start {results['load_start']} end {results['load_end']}; JSON in {args.out}")
 
 

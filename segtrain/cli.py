@@ -20,6 +20,7 @@ from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError
 from poisongen.writer import staging
 
+from . import distributed
 from .checkpoint import check_classes, model_from_checkpoint
 from .checkpoint import load as load_checkpoint
 from .config import TrainConfig
@@ -155,6 +156,7 @@ ProtocolOpt = Annotated[str, typer.Option("--protocol", help=f"Evaluation protoc
 
 @app.command()
 def run(
+    ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Training dataset folder (clean or poisoned), layout auto-detected.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, last.pt, log.jsonl, metrics.json).")] = Path("runs/run"),
     arch: Annotated[str, typer.Option(help="pspnet, deeplabv3, fcn or lraspp.")] = "pspnet",
@@ -186,6 +188,8 @@ def run(
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="Save last.pt and stop after this step, keeping the --iters/--epochs schedule (time-limited job slots); continue with --resume.")] = None,
     protocol: ProtocolOpt = "paper",
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Also evaluate every N steps (benign val and each --eval-poisoned set) and append the learning curve to OUT/curve.jsonl: CBA, ASR, PBA, clean ASR vs training minutes. The run itself is unchanged.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Run on N processes of this node with torchrun (DistributedDataParallel; gloo on CPU, nccl and one GPU per process on CUDA); --batch is the global batch, split over the processes. docs/scaling.md.")] = None,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across the processes (CUDA only); without it each process normalises with its own share of the batch.")] = False,
 ):
     """Train a model on DATA, then report CBA on DATA's val split and PBA/ASR/clean ASR per --eval-poisoned.
 
@@ -201,8 +205,15 @@ def run(
         device=device, amp=amp, channels_last=channels_last, workers=workers, seed=seed, resume=resume,
         log_every=log_every, ckpt_every=ckpt_every, eval_poisoned=tuple(eval_poisoned or ()),
         quiet=quiet, stop_after=stop_after, eval_every=eval_every, victim=attack_victim, target=attack_target,
+        sync_bn=sync_bn,
     )
     proto = get_protocol(protocol)
+    if nproc is not None:
+        from .cli_dist import run_on_processes
+
+        return run_on_processes(ctx, nproc, batch, sync_bn, device)
+    main = distributed.env_rank() == 0  # only rank 0 writes and prints
+    quiet = quiet or not main
     # bad --eval-poisoned sets, or DATA not their clean counterpart: refused before any folder or step
     check_testsets(data, cfg.eval_poisoned, victim, target, option="--eval-poisoned")
     plan = prepare(cfg)
@@ -213,6 +224,8 @@ def run(
                      protocol=proto.name)
         evaluated.clear()
         evaluated[step] = res
+        if not main:
+            return
         point = curve_point(res, step, seconds)
         with (Path(out_dir) / CURVE).open("a") as f:
             f.write(json.dumps(point) + "\n")
@@ -226,6 +239,8 @@ def run(
         return
     res = evaluated.get(result.step) or report(result.model, data, list(cfg.eval_poisoned), result.device, victim,
                                                target, crop_hw, workers, amp, protocol=proto.name)
+    if not main:  # every rank evaluated its shards (reduced on every rank); rank 0 writes and prints
+        return
     res["step"] = result.step
     res["checkpoint"] = str(Path(out_dir) / "last.pt")
     write_json(Path(out_dir) / "metrics.json", res)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
+    sync_bn: bool = False
     workers: int = 2
     seed: int = 0
     resume: bool = False

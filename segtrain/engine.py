@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .checkpoint import load_model_state, preserved_rng, rng_state, set_rng_state
 from .config import TrainConfig
 from .data import collate
@@ -58,11 +59,20 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - min(step, total) / max(total, 1)) ** power
 
 
-def seg_loss(outputs: dict, target: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
-    loss = F.cross_entropy(outputs["out"].float(), target, ignore_index=IGNORE)
+def seg_loss(outputs: dict, target: torch.Tensor, aux_weight: float = 0.4,
+             normaliser: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on ``out`` (+ ``aux_weight`` x on ``aux``), ignore pixels not counted: the mean over
+    the valid pixels, or with ``normaliser`` their sum divided by it (the distributed loss, :func:`fit`)."""
+    if normaliser is None:
+        loss = F.cross_entropy(outputs["out"].float(), target, ignore_index=IGNORE)
+        if outputs.get("aux") is not None and aux_weight:
+            loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), target, ignore_index=IGNORE)
+        return loss
+    loss = F.cross_entropy(outputs["out"].float(), target, ignore_index=IGNORE, reduction="sum")
     if outputs.get("aux") is not None and aux_weight:
-        loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), target, ignore_index=IGNORE)
-    return loss
+        loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), target, ignore_index=IGNORE,
+                                                   reduction="sum")
+    return loss / normaliser
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -80,6 +90,9 @@ def amp_dtype() -> torch.dtype:
 @dataclass(frozen=True)
 class Hooks:
     """Callbacks of :func:`fit`, each optional.
+
+    Under torchrun (:mod:`segtrain.distributed`) ``on_step`` and ``on_checkpoint`` are called on rank 0
+    only (the one process that writes) and ``on_eval`` on every rank (evaluation is sharded and reduced).
 
     * ``on_step(step, total, rec)``: after every step; ``rec`` is the log record ``{"step", "loss", "lr",
       "img_s"}`` on logged steps (every ``cfg.log_every``, the last step and the ``--stop-after`` step) and
@@ -130,12 +143,23 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
     ``state`` of ``on_checkpoint``) restores weights, optimizer, scaler, step and generators, and the
     run continues as if never interrupted. The model is moved to ``cfg.device`` and left in training mode.
 
+    Distributed (a process group initialised, e.g. by :func:`segtrain.distributed.init` under torchrun):
+    the model is wrapped in DistributedDataParallel (``cfg.sync_bn``: SyncBatchNorm first, CUDA only),
+    each process trains on ``cuda:LOCAL_RANK`` (or the CPU) on its share ``[rank::world]`` of each global
+    batch of ``cfg.batch`` samples, and the loss is normalised by the global count of valid pixels, so
+    a step is one process's step on the global batch (exactly so for models without BatchNorm or
+    dropout; BatchNorm normalises with per-process statistics unless ``sync_bn``). Resume keeps working
+    for the same number of processes (the RNG state saved is rank 0's, which every rank shares).
+
     Raises:
-        SegTrainError: ``cfg.batch`` larger than ``train_data``; a ``resume`` state of a run on another
-            number of samples or of another model; a loss that is not finite.
+        SegTrainError: ``cfg.batch`` larger than ``train_data`` or not a multiple (>= 2 each) of the number
+            of processes; ``sync_bn`` on the CPU; a ``resume`` state of a run on another number of samples
+            or of another model; a loss that is not finite.
     """
     hooks = hooks or Hooks()
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
+    world, main = distributed.world(), distributed.is_main()
+    distributed.check_batch(cfg.batch, world)
     n = len(train_data)
     if cfg.batch > n:
         raise SegTrainError(f"--batch {cfg.batch} is larger than the training data ({n} samples); use --batch {n} "
@@ -154,6 +178,9 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
+    if cfg.sync_bn and world > 1:
+        distributed.check_sync_bn(cfg.sync_bn, device, world)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN layers inside ``model``
     if cfg.channels_last and cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
@@ -166,7 +193,13 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
         scaler.load_state_dict(resume["scaler"])
 
     total = cfg.total_iters(n)
-    sampler = StepBatches(n, cfg.batch, cfg.seed, start, total)
+    sampler = StepBatches(n, cfg.batch, cfg.seed, start, total, distributed.rank(), world)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
+                                      find_unused_parameters=not cfg.aux_weight)
     # One pass over one loader for the whole run: the workers live as long as the run (persistent in
     # effect), and the loader's own generator (base seed of its workers) never touches the global RNG.
     loader = DataLoader(
@@ -197,28 +230,33 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
         if cfg.channels_last and cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=dtype, enabled=amp):
-            outputs = model(images)
-        loss = seg_loss(outputs, labels, cfg.aux_weight)
+            outputs = net(images)
+        if world > 1:  # sum over this share / (global valid pixels / world): DDP's mean is the global mean
+            valid = distributed.all_reduce_sum((labels != IGNORE).sum())  # int64: exact for any batch
+            loss = seg_loss(outputs, labels, cfg.aux_weight, normaliser=valid.to(torch.float32) / world)
+        else:
+            loss = seg_loss(outputs, labels, cfg.aux_weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         step += 1
-        seen += images.shape[0]
+        seen += images.shape[0] * world
         rec = None
         if step % cfg.log_every == 0 or step == total or step == stop:
             if cuda:
                 torch.cuda.synchronize()
-            value = loss.item()
+            value = (distributed.all_reduce_sum(loss.detach()) / world).item() if world > 1 else loss.item()
             if not math.isfinite(value):
                 raise SegTrainError(f"loss became {value} at step {step}; lower --lr (now {cfg.lr:g})")
             img_s = round(seen / (time.perf_counter() - t0), 3)
             rec = {"step": step, "loss": round(value, 6), "lr": lr, "img_s": img_s}
             t0, seen = time.perf_counter(), 0
-        if hooks.on_step is not None:
+        if hooks.on_step is not None and main:
             hooks.on_step(step, total, rec)
         if hooks.on_eval is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             trained += time.perf_counter() - t_step
+            distributed.sync_buffers(model)  # every rank evaluates rank 0's (the checkpoint's) model
             with preserved_rng(cuda):
                 hooks.on_eval(model, step, trained)
             model.train()
@@ -226,9 +264,10 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             seen = 0
         if step >= stop:
             break
-        if hooks.on_checkpoint is not None and step % cfg.ckpt_every == 0:
+        if hooks.on_checkpoint is not None and main and step % cfg.ckpt_every == 0:
             hooks.on_checkpoint(state(step))
-    if hooks.on_checkpoint is not None:
+    distributed.sync_buffers(model)
+    if hooks.on_checkpoint is not None and main:
         hooks.on_checkpoint(state(step))
     trained += time.perf_counter() - t_step
     return FitResult(model=model, step=step, total=total, device=device, train_seconds=trained)

@@ -33,6 +33,7 @@ from poisongen.config import ALL
 from poisongen.datasets import Layout, open_dataset
 from poisongen.errors import ConfigError, PoisonGenError, choices
 
+from . import distributed
 from .data import AttackInfo, SegDataset, read_attack_info
 from .errors import SegTrainError
 from .inference import predictions
@@ -168,11 +169,13 @@ class PngPredictor:
 
 def score_set(predict, dataset: SegDataset, set_name: str, victim: Sequence[int] = (),
               target: int | None = None) -> MetricAccumulator:
-    """Accumulate the metrics of one set from a predictor (the one counting loop of evaluate and score)."""
+    """Accumulate the metrics of one set from a predictor (the one counting loop of evaluate and score).
+    Under torchrun each rank predicts its shard of the samples and the counts are summed over the ranks
+    (:func:`segtrain.distributed.reduce_metrics`): every rank returns the one-process result."""
     acc = MetricAccumulator(dataset.layout.meta.num_classes, victim, target, predict.device)
-    for pred, labels, ids in predict(dataset, set_name):
+    for pred, labels, ids in predict(distributed.shard(dataset), set_name):
         acc.update(pred, labels, ids=ids)
-    return acc
+    return distributed.reduce_metrics(acc)
 
 
 # --- victim / target, test sets, clean counterparts ---------------------------------------------------

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .data import SegDataset, collate
 from .metrics import MetricAccumulator
 
@@ -136,8 +137,10 @@ def evaluate(model: nn.Module, dataset: SegDataset, device: torch.device | str, 
              victim: Sequence[int] = (), target: int | None = None, crop: tuple[int, int] | None = None,
              overlap: float = 1 / 3, workers: int = 0, amp: bool = False, flip: bool = False) -> MetricAccumulator:
     """Run ``model`` over ``dataset`` and accumulate the metrics (confusion matrix, victim counters,
-    per-sample victim counts for clean ASR on subsets)."""
+    per-sample victim counts for clean ASR on subsets). Under torchrun each rank runs its shard and the
+    counts are summed over the ranks (:mod:`segtrain.distributed`)."""
     acc = MetricAccumulator(num_classes, victim, target, device)
-    for pred, labels, ids in predictions(model, dataset, device, num_classes, crop, overlap, workers, amp, flip):
+    for pred, labels, ids in predictions(model, distributed.shard(dataset), device, num_classes, crop, overlap,
+                                         workers, amp, flip):
         acc.update(pred, labels, ids=ids)
-    return acc
+    return distributed.reduce_metrics(acc)

@@ -19,7 +19,7 @@ from torch import nn
 
 from poisongen.datasets import Layout, open_dataset
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .checkpoint import CKPT
 from .config import TrainConfig
 from .data import SegDataset, dataset_fingerprint
@@ -50,7 +50,9 @@ class RunPlan:
 
 
 def prepare(cfg: TrainConfig) -> RunPlan:
-    """Check a run before anything is written; build its model (seeded from ``cfg.seed``).
+    """Check a run before anything is written; build its model (seeded from ``cfg.seed``). Under torchrun
+    the process joins the process group first (:func:`segtrain.distributed.init`) and the run's device is
+    ``cuda:LOCAL_RANK`` on CUDA; every rank makes the same checks.
 
     Raises:
         SegTrainError: one line for the first problem found.
@@ -58,6 +60,10 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     if cfg.data is None or cfg.out is None:
         raise SegTrainError("a run needs the training data (DATA) and a run directory (--out)")
     device = resolve_device(cfg.device)
+    distributed.init(device)
+    device = distributed.local_device(device)
+    distributed.check_batch(cfg.batch, distributed.world())
+    distributed.check_sync_bn(cfg.sync_bn, device, distributed.world())
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise SegTrainError(f"--out {out} is a file; give a folder (a new one, or a run directory to --resume)")
@@ -113,8 +119,11 @@ def train_run(plan: RunPlan, on_step: Callable[[int, int, dict | None], None] | 
     """Create the run directory and train: ``config.json`` first, ``log.jsonl`` one line per logged step
     (a fresh run starts it anew, a resumed one cut back to its checkpoint's step, as ``curve.jsonl``),
     ``last.pt`` every ``--ckpt-every`` steps and at the end (atomically). ``on_step``/``on_eval`` as in
-    :class:`~segtrain.engine.Hooks`."""
+    :class:`~segtrain.engine.Hooks`. Under torchrun only rank 0 writes (the other ranks train and
+    evaluate)."""
     cfg, out, layout = plan.cfg, plan.out, plan.layout
+    if not distributed.is_main():
+        return fit(plan.model, plan.train_data, cfg, Hooks(on_eval=on_eval), resume=plan.resume)
     out.mkdir(parents=True, exist_ok=True)
     n = len(plan.train_data)
     total = cfg.total_iters(n)

@@ -44,14 +44,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 class StepBatches:
     """Batch sampler for steps ``start .. total-1`` that yields ``[(index, sample_seed), ...]`` per step.
 
+    With ``world`` processes, process ``rank`` gets its share ``[rank::world]`` of each step's global batch
+    of ``batch`` samples (the same global batch for any number of processes).
+
     Raises:
         SegTrainError: ``batch`` is larger than the ``n`` samples (no batch could be filled) or below 1.
     """
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, total: int):
+    def __init__(self, n: int, batch: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
         if not 1 <= batch <= n:
             raise SegTrainError(f"batch {batch} does not fit {n} training sample(s); use a batch of 1 to {n}")
+        if world < 1 or not 0 <= rank < world or batch % world:
+            raise SegTrainError(f"batch {batch} does not split over {world} processes (rank {rank}); use a multiple "
+                                f"of {world}")
         self.n, self.batch, self.seed, self.start, self.total = n, batch, seed, start, total
+        self.rank, self.world = rank, world
         self.per_epoch = n // batch
 
     def position(self, step: int) -> dict:
@@ -69,7 +76,7 @@ class StepBatches:
             epoch, b = divmod(s, self.per_epoch)
             if epoch != cached:
                 cached, order = epoch, epoch_order(self.n, self.seed, epoch)
-            idx = order[b * self.batch:(b + 1) * self.batch]
+            idx = order[b * self.batch:(b + 1) * self.batch][self.rank::self.world]
             yield [(i, derive_seed(self.seed, _SAMPLE, epoch, i)) for i in idx]
 
 

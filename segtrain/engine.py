@@ -91,11 +91,16 @@ class Hooks:
     * ``on_checkpoint(state)``: every ``cfg.ckpt_every`` steps and when :func:`fit` returns; ``state`` is
       ``{"model", "optimizer", "scaler", "step", "rng", "sampler"}`` (state dicts), what
       ``fit(..., resume=state)`` continues from bit for bit (:func:`segtrain.checkpoint.save` writes it).
+    * ``loss(outputs, labels, ids, step) -> scalar tensor``: the loss of a step in place of
+      :func:`seg_loss` (``ids``: the sample ids of the batch; ``step``: 0-based): a defense's modified loss,
+      e.g. ABL's local gradient ascent or gradient ascent on an isolated set (``segtrain.defenses.abl``), or a
+      record of which samples were served. ``cfg.aux_weight`` is the hook's to apply.
     """
 
     on_step: Callable[[int, int, dict | None], None] | None = None
     on_eval: Callable[[nn.Module, int, float], None] | None = None
     on_checkpoint: Callable[[dict], None] | None = None
+    loss: Callable[[dict, torch.Tensor, list, int], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
     model.train()
     t0, seen = time.perf_counter(), 0
     trained, t_step = 0.0, time.perf_counter()  # training wall time, evaluations excluded
-    for images, labels, _ in loader if step < stop else ():
+    for images, labels, ids in loader if step < stop else ():
         lr = poly_lr(cfg.lr, step, total)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -198,7 +203,10 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=dtype, enabled=amp):
             outputs = model(images)
-        loss = seg_loss(outputs, labels, cfg.aux_weight)
+        if hooks.loss is None:
+            loss = seg_loss(outputs, labels, cfg.aux_weight)
+        else:
+            loss = hooks.loss(outputs, labels, ids, step)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

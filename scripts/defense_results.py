@@ -81,7 +81,8 @@ def run_all(args) -> dict:
                 continue
             t = time.perf_counter()
             log(args, {"attack": attack, "step": name, "event": "start"})
-            results[attack][name] = call(folder)
+            call(folder)
+            results[attack][name] = json.loads((folder / file).read_text())  # the figures are the JSON's
             log(args, {"attack": attack, "step": name, "event": "done", "seconds": round(time.perf_counter() - t, 1)})
     return results
 
@@ -171,7 +172,8 @@ def doc_block(results: dict, args) -> str:
             if not name.startswith("detect"):
                 continue
             where = "training samples" if res["detect"] == "samples" else Path(res["testset"]).name
-            for d, s in res["scores"].items():
+            for d in res["detectors"]:
+                s = res["scores"][d]
                 det.append(f"| {d} | {where} | {_a(s['auroc'])} | {_p(s['precision_at_k'])} | {_p(s['recall_at_k'])} "
                            f"| {_p(s.get('tpr_at_fpr_0.05'))} | {_p(s.get('tpr_at_fpr_0.1'))} | {_a(s.get('pixel_auroc'))} |")
         if len(det) > 2:

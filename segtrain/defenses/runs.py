@@ -160,17 +160,12 @@ def run_abl(ckpt, data, train: str, testsets: Sequence[str], out, isolate: float
 
 
 # --- detection ----------------------------------------------------------------------------------------
-def _detector_summary(ids, scores: dict, positives: set[str] | None, fprs=(0.05,)) -> dict:
+def _detector_summary(ids, scores: dict, positives: set[str] | None) -> dict:
+    """Per detector: AUROC, precision/recall at the poison count, TPR at 5 % FPR (none without ground truth)."""
     if positives is None:
         return {}
     labels = [int(i in positives) for i in ids]
-    out = {}
-    for name, s in scores.items():
-        entry = dm.summary(s, labels)
-        for f in fprs:
-            entry[f"tpr_at_fpr_{f:g}"] = dm.tpr_at_fpr(s, labels, f)
-        out[name] = entry
-    return out
+    return {name: dm.summary(s, labels, fpr=0.05) for name, s in scores.items()}
 
 
 def run_detect_samples(ckpt, data: str, out, score: bool = True, target: str | None = None,

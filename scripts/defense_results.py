@@ -52,7 +52,7 @@ def steps(args, attack: str) -> list[tuple[str, str, callable]]:
     for t in TESTS:
         out.append((f"detect_inputs_{t}", runs.DETECT,
                     lambda o, t=t: runs.run_detect_inputs(ck, clean, str(r / t), o, args.overlays, 1.0, args.seed,
-                                                          args.device, args.max_inputs)))
+                                                          args.device, args.max_inputs or None)))
     if not args.no_abl:
         out.append(("abl", RESULT, lambda o: runs.run_abl(ck, clean, str(r / attack), tests, o, args.isolate,
                                                           isolate_iters=args.abl_isolate_iters,
@@ -214,7 +214,9 @@ def main(argv=None) -> None:
     ap.add_argument("--calibration", type=float, default=0.10)
     ap.add_argument("--fineprune-fraction", type=float, default=0.05)
     ap.add_argument("--overlays", type=int, default=100)
-    ap.add_argument("--max-inputs", type=int, default=None)
+    ap.add_argument("--max-inputs", type=int, default=50,
+                    help="triggered inputs (and their benign twins) per test set for STRIP/TeCo; 0: all. STRIP costs "
+                         "N overlays x 2 forward passes per input")
     ap.add_argument("--isolate", type=float, default=0.05)
     ap.add_argument("--abl-isolate-iters", type=int, default=None)
     ap.add_argument("--abl-train-iters", type=int, default=None)

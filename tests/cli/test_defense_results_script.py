@@ -25,7 +25,7 @@ def load_script():
 
 def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli):
     runs = tmp_path / "RUNS"
-    for attack in ("baseline", "nni"):
+    for attack in ("nni",):
         r = run_cli(poisongen_app, [attack, "--src", tiny_synth, "--rate", "0.25", "--trigger-size", "8", "--out",
                                     runs / attack, "--jobs", "1", "-q"])
         assert r.exit_code == 0, r.stderr
@@ -39,7 +39,7 @@ def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli)
     text = (ROOT / "docs" / "defenses.md").read_text()
     doc.write_text(text)
     out = tmp_path / "res"
-    argv = [str(runs), "--clean", str(tiny_synth), "--out", str(out), "--doc", str(doc), "--attacks", "baseline,nni",
+    argv = [str(runs), "--clean", str(tiny_synth), "--out", str(out), "--doc", str(doc), "--attacks", "nni",
             "--fractions", "0.25", "--epochs", "1", "--channels", "2,4", "--overlays", "2", "--max-inputs", "2",
             "--isolate", "0.25", "--abl-isolate-iters", "1", "--abl-train-iters", "1", "--abl-unlearn-epochs", "1",
             "--fineprune-fraction", "0.1"]
@@ -47,20 +47,20 @@ def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli)
     script.main(argv)
     steps = ["finetune", "prune", "fineprune", "detect_samples", "detect_inputs_test_near", "detect_inputs_test_far",
              "abl"]
-    for attack in ("baseline", "nni"):
+    for attack in ("nni",):
         for step in steps:
             files = list((out / attack / step).glob("*.json"))
             assert len(files) == 1, (attack, step)
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["fineprune.png", "finetune.png", "prune.png"]
     started = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert sum(1 for x in started if x["event"] == "start") == 2 * len(steps)
+    assert sum(1 for x in started if x["event"] == "start") == len(steps)
     new = doc.read_text()
     assert "Placeholder" not in new and new.count(script.BEGIN) == 1 and new.count(script.END) == 1
     assert new.split(script.BEGIN)[0] == text.split(script.BEGIN)[0]  # only the block changes
     ft = json.loads((out / "nni" / "finetune" / "defense.json").read_text())
     cba = f"{100 * ft['rows'][0]['after']['cba']:.1f}"
     assert f"| fine-tune 25 % (6 img) | {cba} |" in new  # the doc's figures are the JSON's
-    assert "### baseline" in new and "| spectral | training samples |" in new
+    assert "### nni" in new and "| spectral | training samples |" in new
     # a rerun skips every finished step and regenerates the same block
     script.main(argv)
     again = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]

@@ -7,6 +7,10 @@ Figures (images per second, steady state):
   model, batch, transforms, optimizer and loss (DataLoader with shuffle, ``--workers``, pinned memory and
   persistent workers on CUDA), timed between the end of step ``--warmup`` and the end of step
   ``--warmup + --steps``;
+* fine-tuning (``--finetune F``, default 0.5): ``segtrain.defenses.finetune.tune`` (the defense's path:
+  ``fit`` on a seeded clean fraction of the training split, starting from existing weights, with the loss
+  hook that records the served samples) vs the plain loop over the same samples (a ``Subset``), both from
+  the same initial weights;
 * evaluation: ``segtrain.inference.evaluate`` (confusion matrix, victim-ignored matrix and ASR counters
   on the device) vs a plain loop (batch 1, argmax, one bincount confusion matrix), over the val split.
 
@@ -70,9 +74,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def segtrain_train(args, data: Path, device: torch.device) -> float:
-    """img/s of segtrain's own loop (:func:`segtrain.engine.fit` on a model built here, as ``run`` builds
-    it) between step ``warmup`` and ``warmup + steps``."""
+def step_marks(args, device: torch.device):
+    """An ``on_step`` hook that notes the time at the end of step ``warmup`` and ``warmup + steps``."""
     marks: dict[int, float] = {}
     first, last = args.warmup, args.warmup + args.steps
 
@@ -80,6 +83,14 @@ def segtrain_train(args, data: Path, device: torch.device) -> float:
         if step in (first, last):
             sync(device)
             marks[step] = time.perf_counter()
+
+    return on_step, marks, first, last
+
+
+def segtrain_train(args, data: Path, device: torch.device) -> float:
+    """img/s of segtrain's own loop (:func:`segtrain.engine.fit` on a model built here, as ``run`` builds
+    it) between step ``warmup`` and ``warmup + steps``."""
+    on_step, marks, first, last = step_marks(args, device)
 
     cfg = TrainConfig(data=str(data), arch=args.arch, backbone=args.backbone, iters=last, batch=args.batch,
                       crop=args.crop, lr=0.01, device=str(device), amp=args.amp, channels_last=args.channels_last,
@@ -92,15 +103,57 @@ def segtrain_train(args, data: Path, device: torch.device) -> float:
     return args.steps * args.batch / (marks[last] - marks[first])
 
 
-def plain_train(args, data: Path, device: torch.device) -> float:
-    """img/s of a minimal PyTorch loop: the same data, model, optimizer, loss and device options."""
+def finetune_subject(args, data: Path, device: torch.device):
+    """A subject to fine-tune: a seeded model as if loaded from a checkpoint of this recipe."""
+    from segtrain.defenses.common import Subject
+
+    layout = open_dataset(data)
+    cfg = TrainConfig(data=str(data), arch=args.arch, backbone=args.backbone, batch=args.batch, crop=args.crop,
+                      lr=0.01, device=str(device), amp=args.amp, channels_last=args.channels_last,
+                      workers=args.workers, iters=1)
+    seed_everything(1)
+    model = build_model(cfg.arch, layout.meta.num_classes, cfg.backbone, cfg.output_stride, cfg.aux)
+    ckpt = {"config": cfg.to_dict(), "num_classes": layout.meta.num_classes, "class_names": layout.meta.names,
+            "model": {k: v.clone() for k, v in model.state_dict().items()}}
+    return Subject("bench", ckpt, model.to(device), layout, str(data), device)
+
+
+def segtrain_finetune(args, data: Path, device: torch.device) -> float:
+    """img/s of the fine-tuning defense's path (``tune``: ``fit`` on a clean fraction, from given weights)."""
+    from segtrain.defenses.finetune import clean_ids, tune
+
+    subject = finetune_subject(args, data, device)
+    ids = clean_ids(subject, args.finetune, 0)
+    on_step, marks, first, last = step_marks(args, device)
+
+    tune(subject, subject.model, ids, iters=last, batch=args.batch, seed=0, workers=args.workers, on_step=on_step)
+    return args.steps * args.batch / (marks[last] - marks[first])
+
+
+def plain_finetune(args, data: Path, device: torch.device) -> float:
+    """The plain loop over the same clean samples (a Subset), from the same weights."""
+    from segtrain.defenses.finetune import clean_ids
+
+    subject = finetune_subject(args, data, device)
+    ids = set(clean_ids(subject, args.finetune, 0))
+    index = [i for i, s in enumerate(subject.layout.samples(subject.layout.train_split)) if s.id in ids]
+    return plain_train(args, data, device, index, subject.model)
+
+
+def plain_train(args, data: Path, device: torch.device, index=None, model=None) -> float:
+    """img/s of a minimal PyTorch loop: the same data, model, optimizer, loss and device options
+    (``index``: a subset of the training split; ``model``: start from it)."""
+    from torch.utils.data import Subset
+
     seed_everything(0)
     layout = open_dataset(data)
     ds = SegDataset(layout, layout.train_split, train_transform(args.crop))
+    if index is not None:
+        ds = Subset(ds, index)
     cuda = device.type == "cuda"
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
                         pin_memory=cuda, persistent_workers=args.workers > 0, collate_fn=collate)
-    model = build_model(args.arch, layout.meta.num_classes, args.backbone).to(device)
+    model = (model if model is not None else build_model(args.arch, layout.meta.num_classes, args.backbone)).to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
     if cuda and args.channels_last:
@@ -258,6 +311,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (workers start, allocator)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--finetune", type=float, default=0.5, help="clean fraction of the fine-tuning figure (0: skip)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads for both sides (default: torch's); 1 on a loaded machine, where "
@@ -292,7 +346,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-        "config": {"arch": args.arch, "backbone": args.backbone, "size": [h, w], "crop": list(args.crop),
+        "config": {"finetune_fraction": args.finetune, "arch": args.arch, "backbone": args.backbone, "size": [h, w], "crop": list(args.crop),
                    "train": args.train, "val": args.val, "batch": args.batch, "steps": args.steps,
                    "warmup": args.warmup, "repeat": args.repeat, "workers": args.workers, "amp": args.amp,
                    "channels_last": args.channels_last, "threads": torch.get_num_threads(),
@@ -301,7 +355,9 @@ def main() -> None:
     }
     results["train"] = alternate({"segtrain": lambda: segtrain_train(args, data, device),
                                   "plain": lambda: plain_train(args, data, device)}, args.repeat)
-    results["summary"] = {"train": summary(results["train"])}
+    if args.finetune:
+        results["finetune"] = alternate({"segtrain": lambda: segtrain_finetune(args, data, device),
+                                         "plain": lambda: plain_finetune(args, data, device)}, args.repeat)
     if args.eval:
         model = eval_model(args, data, device)
         plain_eval(args, data, device, model)  # warm-up pass (allocator, cudnn.benchmark)
@@ -310,12 +366,11 @@ def main() -> None:
         if device.type == "cpu":
             results["eval_cpu_s_workers0"] = eval_cpu_s(args, data, device, model, max(2, args.repeat))
         results["eval_postprocess_cpu_ms"] = postprocess_cpu_ms(open_dataset(data).meta.num_classes, (h, w))
-        results["summary"]["eval"] = summary(results["eval"])
     results["load_end"] = load()
+    results["summary"] = {part: summary(results[part]) for part in ("train", "finetune", "eval") if part in results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    for part in results["summary"]:
-        s = results["summary"][part]
+    for part, s in results["summary"].items():
         print(f"{part:5s} best: segtrain {s['segtrain_best']:7.2f} img/s, plain {s['plain_best']:7.2f} img/s, "
               f"ratio {s['ratio_best']:.3f}; median of paired ratios {s['ratio_pairs_median']:.3f} "
               f"({'met' if min(s['ratio_best'], s['ratio_pairs_median']) >= 1.0 else 'MISSED'}: >= 1.0)")

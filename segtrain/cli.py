@@ -331,6 +331,12 @@ def score(
     out.print(tab)
 
 
+from .cli_defend import defend_app, detect_app  # noqa: E402 - registered last, beside the other commands
+
+app.add_typer(defend_app, name="defend")
+app.add_typer(detect_app, name="detect")
+
+
 def main() -> None:
     app()
 

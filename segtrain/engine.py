@@ -104,11 +104,16 @@ class Hooks:
     * ``on_checkpoint(state)``: every ``cfg.ckpt_every`` steps and when :func:`fit` returns; ``state`` is
       ``{"model", "optimizer", "scaler", "step", "rng", "sampler"}`` (state dicts), what
       ``fit(..., resume=state)`` continues from bit for bit (:func:`segtrain.checkpoint.save` writes it).
+    * ``loss(outputs, labels, ids, step) -> scalar tensor``: the loss of a step in place of
+      :func:`seg_loss` (``ids``: the sample ids of the batch; ``step``: 0-based): a defense's modified loss,
+      e.g. ABL's local gradient ascent or gradient ascent on an isolated set (``segtrain.defenses.abl``), or a
+      record of which samples were served. ``cfg.aux_weight`` is the hook's to apply.
     """
 
     on_step: Callable[[int, int, dict | None], None] | None = None
     on_eval: Callable[[nn.Module, int, float], None] | None = None
     on_checkpoint: Callable[[dict], None] | None = None
+    loss: Callable[[dict, torch.Tensor, list, int], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,7 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
     model.train()
     t0, seen = time.perf_counter(), 0
     trained, t_step = 0.0, time.perf_counter()  # training wall time, evaluations excluded
-    for images, labels, _ in loader if step < stop else ():
+    for images, labels, ids in loader if step < stop else ():
         lr = poly_lr(cfg.lr, step, total)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -231,7 +236,9 @@ def fit(model: nn.Module, train_data: Dataset, cfg: TrainConfig, hooks: Hooks | 
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=dtype, enabled=amp):
             outputs = net(images)
-        if world > 1:  # sum over this share / (global valid pixels / world): DDP's mean is the global mean
+        if hooks.loss is not None:  # a defense's objective (e.g. ABL's unlearning); its own normalisation
+            loss = hooks.loss(outputs, labels, ids, step)
+        elif world > 1:  # sum over this share / (global valid pixels / world): DDP's mean is the global mean
             valid = distributed.all_reduce_sum((labels != IGNORE).sum())  # int64: exact for any batch
             loss = seg_loss(outputs, labels, cfg.aux_weight, normaliser=valid.to(torch.float32) / world)
         else:

@@ -316,6 +316,11 @@ def score(
     out.print(tab)
 
 
+from .cli_experiment import register as _register_experiment  # noqa: E402
+
+_register_experiment(app)
+
+
 def main() -> None:
     app()
 

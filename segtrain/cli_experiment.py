@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # long paths stay on one line
 
 
 def _pct(v) -> str:
@@ -55,14 +55,13 @@ def experiment(
     from .experiment import load_grid, plan_grid, run_grid, status
 
     grid = load_grid(config)  # every key checked before anything is written
-    if dry_run and not out_dir.exists():
-        out.print(f"{grid.name}: {out_dir} does not exist yet; nothing is done. The data is created by the first run.")
-    plan = plan_grid(grid, out_dir, results, create=not dry_run or out_dir.exists())
+    plan = plan_grid(grid, out_dir, results, create=not dry_run, log=lambda text: console.print(text, highlight=False))
     if dry_run:
         st = status(plan)
         t = Table(title=f"experiment {grid.name}: {len(plan.cells)} training cells x {len(plan.tests)} Poisoned Tests")
-        for col in ("cell", "model", "attack", "rate %", "seed", "state"):
-            t.add_column(col, no_wrap=True)
+        for col in ("cell", "model", "attack", "rate %", "seed"):
+            t.add_column(col, overflow="fold")
+        t.add_column("state", no_wrap=True, min_width=17)
         for c in plan.cells:
             state = "done" if c.hash in plan.done else "partial (resumes)" if st["partial"].get(c.hash) else "to do"
             t.add_row(c.key, c.model, c.attack, f"{100 * c.rate:g}", str(c.seed), state)

@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -400,8 +401,10 @@ def data_identity(grid: Grid) -> dict:
             "layout": ds["layout"]}
 
 
-def source_root(grid: Grid, out: Path, create: bool = True) -> Path:
-    """The clean data of the grid, generated / rescaled into ``out/data`` on first use (``create``)."""
+def source_root(grid: Grid, out: Path, create: bool = True, log: Callable[[str], None] | None = None) -> Path:
+    """The clean data of the grid, generated / rescaled into ``out/data`` on first use (``create``);
+    ``log`` is told what is being made."""
+    log = log or (lambda text: None)
     from poisongen.datasets import open_dataset
 
     ds = grid.dataset
@@ -418,6 +421,7 @@ def source_root(grid: Grid, out: Path, create: bool = True) -> Path:
         if {k: have.get(k) for k in want} != want:
             if not create:
                 return root
+            log(f"generating {syn['train']} + {syn['val']} synthetic scenes at {syn['size']} into {root} (once)")
             generate(root, train=syn["train"], val=syn["val"], size=tuple(want["size"]), seed=syn["seed"],
                      jobs=default_jobs(), overwrite=True)
     else:
@@ -428,6 +432,7 @@ def source_root(grid: Grid, out: Path, create: bool = True) -> Path:
 
     scaled = out / "data" / f"scaled-{ds['scale']:g}"
     if not (scaled / "manifest.json").is_file() and create:
+        log(f"rescaling {root} by {ds['scale']:g} into {scaled} (once)")
         write_scaled(open_dataset(root, ds["layout"]), scaled, ds["scale"], overwrite=True)
     return scaled
 
@@ -439,7 +444,8 @@ def _resolved(layout, preset: str, kind: str, options: dict, scope: str, **grid_
     return resolve(layout, preset, kind=kind, **o.resolve_kwargs(scope)).to_dict()
 
 
-def plan_grid(grid: Grid, out: Path, results: Path | None = None, create: bool = True) -> Plan:
+def plan_grid(grid: Grid, out: Path, results: Path | None = None, create: bool = True,
+              log: Callable[[str], None] | None = None) -> Plan:
     """Resolve every cell against the data (generating the source data on first use unless not ``create``)
     and read which cells are done. Raises a ConfigError (one line) for options the data refuses."""
     from poisongen.datasets import open_dataset
@@ -447,10 +453,33 @@ def plan_grid(grid: Grid, out: Path, results: Path | None = None, create: bool =
     out = Path(out)
     results = Path(results) if results else out / "results"
     ident = data_identity(grid)
-    src = source_root(grid, out, create)
-    if not src.is_dir():  # a dry run before the data exists: resolve against nothing more than names
+    src = source_root(grid, out, create, log)
+    with _resolvable(grid, src) as probe:
+        return _plan(grid, out, results, ident, src, open_dataset(probe, grid.dataset["layout"]))
+
+
+@contextmanager
+def _resolvable(grid: Grid, src: Path):
+    """The data to resolve the cells against: the source; for a dry run before synthetic scenes exist, a
+    throw-away set of 3 scenes of the same size and seed (resolution reads the class table and the image
+    size only), so that a dry run writes nothing."""
+    if src.is_dir():
+        yield src
+        return
+    if "synthetic" not in grid.dataset or grid.dataset["scale"] is not None:
         raise ConfigError(f"the grid's data {src} does not exist yet; run without --dry-run once to create it")
-    layout = open_dataset(src, grid.dataset["layout"])
+    import tempfile
+
+    from poisongen.datasets.synthetic import generate
+
+    syn = grid.dataset["synthetic"]
+    with tempfile.TemporaryDirectory(prefix="segtrain-dry-run-") as tmp:
+        generate(Path(tmp) / "probe", train=2, val=1, size=tuple(int(v) for v in syn["size"].split("x")),
+                 seed=syn["seed"])
+        yield Path(tmp) / "probe"
+
+
+def _plan(grid: Grid, out: Path, results: Path, ident: dict, src: Path, layout) -> Plan:
     code = code_identity()
     tests = []
     for band, o in grid.testsets.items():

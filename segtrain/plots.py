@@ -67,7 +67,7 @@ def _panel(ax, title: str, xlabel: str) -> None:
 
 def _asr_figure(fig, axes, out: Path, name: str) -> list[Path]:
     axes[0][0].set_ylabel("ASR (%)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     return _save(fig, out, name)
 
 
@@ -112,7 +112,8 @@ def cba_pba_vs_rate(rows: list[dict], out: Path) -> list[Path]:
     methods, bands = _methods(rows), _bands(rows)
     first = [r for r in rows if r["testset"] == bands[0]] if bands else []
     clean = [r["cba"] for r in first if r["attack"] == CLEAN]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), squeeze=False)
+    fig.subplots_adjust(wspace=0.45)
     for ax, metric in zip(axes[0], ("cba", "pba"), strict=True):
         for i, m in enumerate(methods):
             rates = sorted({r["rate"] for r in first if r["attack"] == m})
@@ -125,7 +126,7 @@ def cba_pba_vs_rate(rows: list[dict], out: Path) -> list[Path]:
         ax.set_xlabel("poisoning rate (%)")
         ax.set_ylabel(f"{metric.upper()} (%)" + (f" on {bands[0]}" if metric == "pba" and bands else ""))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     if not clean:
         axes[0][0].set_title("(no clean model in the results)")
     return _save(fig, out, "cba_pba_vs_rate")
@@ -143,7 +144,7 @@ def per_class_iou(series: dict[str, dict[str, float | None]], out: Path, name: s
                label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(classes))], classes, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("IoU (%) on the benign val split")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, out, name)
 

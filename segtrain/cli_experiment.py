@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
-out = Console(soft_wrap=True)  # long paths stay on one line
+# long paths stay on one line; a log file (no terminal) gets wide tables rather than rich's 80 columns
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _pct(v) -> str:

@@ -627,13 +627,13 @@ def run_cell(plan: Plan, cell: TrainCell, on_step: Callable[[int, int, dict | No
     eval_s = time.perf_counter() - t0
     _atomic_json(run / "metrics.json", {**report, "step": result.step, "checkpoint": str(run / "last.pt")})
     if grid.overlays > 0:
-        from poisongen.codecs import encode_png, write_bytes
+        from poisongen.codecs import encode_rgb, write_bytes
 
         from .report import overlay_panel
 
         panel = overlay_panel(result.model, result.device, str(plan.source), tests[0], grid.overlays, cfg.crop)
         if panel is not None:
-            write_bytes(plan.results / "overlays" / f"{cell.key}.png", encode_png(panel))
+            write_bytes(plan.results / "overlays" / f"{cell.key}.png", encode_rgb(panel, ".png"))
     from poisongen.datasets import open_dataset
 
     from .data import dataset_fingerprint
@@ -654,8 +654,7 @@ def run_cell(plan: Plan, cell: TrainCell, on_step: Callable[[int, int, dict | No
                   "resumed_from": int(prep.resume["step"]) if prep.resume else 0,
                   "img_s": log[-1].get("img_s") if log else None},
         "fingerprints": {"train_data": dataset_fingerprint(open_dataset(data)).get("fingerprint"),
-                         "testsets": {t.band: p.get("fingerprint") for t, p in zip(plan.tests, report["poisoned"],
-                                                                                   strict=False)},
+                         "testsets": {Path(p["testset"]).name: p.get("fingerprint") for p in report["poisoned"]},
                          "code": code_fingerprint()},
         "report": report,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -702,11 +701,15 @@ def rows(rec: dict) -> list[dict]:
     """The tidy rows of one cell's result JSON: one per Poisoned Test."""
     rep, c = rec["report"], rec["cell"]
     out = []
-    for t, p in zip(rec["tests"], rep["poisoned"], strict=False):
+    by_key = {t["key"]: t["band"] for t in rec["tests"]}
+    for p in rep["poisoned"]:
+        name = by_key.get(Path(p["testset"]).name, Path(p["testset"]).name)
+        if p.get("subset"):  # a conditional test set is scored twice
+            name += f" [{p['subset']}]"
         band = p.get("band") or [None, None]
         out.append({
             "experiment": rec["experiment"], "model": c["model"], "attack": c["attack"], "rate": c["rate"],
-            "seed": c["seed"], "testset": t["band"], "band": p.get("band_label"), "band_lower": band[0],
+            "seed": c["seed"], "testset": name, "band": p.get("band_label"), "band_lower": band[0],
             "band_upper": band[1], "samples": p["samples"], "cba": rep["benign"]["cba"], "pba": p["pba"],
             "asr": p["asr"], "clean_asr": p["clean_asr"], "benign_clean_asr": rep["benign"].get("clean_asr"),
             "victim_pixels": p.get("victim_pixels"), "steps": rec["steps"], "poison_s": rec["times"]["poison_s"],

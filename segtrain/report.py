@@ -88,9 +88,11 @@ def _pct(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def _img(path: Path, alt: str) -> str:
+def _img(path: Path, alt: str, overlay: bool = False) -> str:
+    """A PNG inlined as base64; an overlay panel is shown enlarged, pixels kept sharp."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
+    cls = ' class="overlay"' if overlay else ""
+    return f'<figure><img{cls} alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
            f'{html.escape(alt)}</figcaption></figure>'
 
 
@@ -104,7 +106,8 @@ def _table(head: list[str], body: list[list], caption: str = "") -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222;background:#fff}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eee}caption{text-align:left;font-weight:bold;padding:4px 0}figure{display:inline-block;margin:8px}
-img{max-width:100%;border:1px solid #ddd}figcaption{font-size:90%;color:#555}code{background:#f4f4f4}"""
+img{max-width:100%;border:1px solid #ddd}img.overlay{width:1000px;image-rendering:pixelated}
+figcaption{font-size:90%;color:#555}code{background:#f4f4f4}"""
 
 
 def _page(title: str, parts: list[str]) -> str:
@@ -185,7 +188,7 @@ def experiment_report(folder: Path) -> Path:
             c = rec["cell"]
             over.append(_img(p, f"{c['model']} {c['attack']} {100 * c['rate']:g} % seed {c['seed']}: clean image | "
                                 f"triggered image (window in yellow) | clean prediction | triggered prediction "
-                                f"({rec['tests'][0]['band']})"))
+                                f"({rec['tests'][0]['band']})", overlay=True))
     if over:
         parts.append("<h2>Predictions on Poisoned Test samples</h2>" + "".join(over))
     cols = ["model", "attack", "rate", "seed", "testset", "band", "samples", "cba", "pba", "asr", "clean_asr",
@@ -219,7 +222,7 @@ def run_report(folder: Path) -> Path:
     ckpt = folder / "last.pt"
     sets = [p["testset"] for p in res["poisoned"] if (Path(p["testset"]) / "manifest.json").is_file()]
     if ckpt.is_file() and sets and Path(res["data"]).is_dir():
-        from poisongen.codecs import encode_png
+        from poisongen.codecs import encode_rgb
 
         from .checkpoint import load, model_from_checkpoint
 
@@ -228,10 +231,10 @@ def run_report(folder: Path) -> Path:
         panel = overlay_panel(model, "cpu", res["data"], sets[0], 3, crop)
         if panel is not None:
             p = folder / "plots" / "overlays.png"
-            p.write_bytes(encode_png(panel))
+            p.write_bytes(encode_rgb(panel, ".png"))
             parts.append("<h2>Predictions on Poisoned Test samples</h2>" + _img(
                 p, f"clean image | triggered image (window in yellow) | clean prediction | triggered prediction "
-                   f"({Path(sets[0]).name})"))
+                   f"({Path(sets[0]).name})", overlay=True))
     out = folder / REPORT
     out.write_text(_page(f"segtrain run {folder.name}", parts))
     return out

@@ -10,11 +10,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from poisongen.errors import ConfigError
 from segtrain import experiment as ex
+from segtrain.report import MARK
 
 TRAIN = {"iters": 4, "batch": 2, "crop": "64x128", "scale": "1,1", "optimizer": "adamw", "lr": 0.001,
          "workers": 0, "device": "cpu", "log-every": 1, "ckpt-every": 2}
@@ -66,7 +69,9 @@ def test_grid_runs_every_cell_once_with_shared_work(done):
         # every cell is scored on the very same test sets (identical trigger positions across methods)
         assert [p["testset"] for p in rec["report"]["poisoned"]] == [str(plan.test_dir(t)) for t in plan.tests]
         assert rec["report"]["benign"]["cba"] is not None
-        assert (plan.results / "overlays" / f"{c.key}.png").is_file()
+        # the overlay panel, written as RGB: the trigger window's outline in yellow
+        panel = np.asarray(Image.open(plan.results / "overlays" / f"{c.key}.png").convert("RGB"))
+        assert (panel == MARK).all(-1).sum() >= 4 * 8 * 2 and panel.shape[1] == 4 * 128 + 3 * 2
     # the clean model trained on the source, the poisoned ones on their copies
     clean = json.loads((plan.run_dir(plan.cells[0]) / "config.json").read_text())
     assert Path(clean["data"]) == Path(src)

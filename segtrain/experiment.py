@@ -27,7 +27,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -778,8 +777,3 @@ def status(plan: Plan) -> dict:
     return {"cells": plan.cells, "done": len(done), "todo": len(todo), "partial": partial,
             "seconds_left": None if per is None else per * len(todo), "basis": basis}
 
-
-def clean_stale_staging(out: Path) -> None:
-    """Remove poisongen staging folders a killed run left under ``out/data`` (never a finished folder)."""
-    for p in (Path(out) / "data").glob("**/.*poisongen-tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)

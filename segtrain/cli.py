@@ -335,6 +335,9 @@ from .cli_defend import defend_app, detect_app  # noqa: E402 - registered last, 
 
 app.add_typer(defend_app, name="defend")
 app.add_typer(detect_app, name="detect")
+from .cli_experiment import register as _register_experiment  # noqa: E402
+
+_register_experiment(app)
 
 
 def main() -> None:

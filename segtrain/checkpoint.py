@@ -117,16 +117,24 @@ def check_classes(ckpt: dict, names: Sequence[str], where: str) -> None:
                               f"use a dataset with the same class table")
 
 
-def load_model_state(model: nn.Module, state: dict, where: str) -> None:
-    """``model.load_state_dict(state)`` with a one-line error naming up to three bad keys."""
-    own = model.state_dict()
+def state_mismatch(own: dict, state: dict, shown: int = 3) -> str | None:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``own``: the counts
+    of missing, unexpected and wrongly shaped keys with up to ``shown`` of each (``...`` when more), in one
+    line; None when it fits."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = [f"{len(v)} {what} ({', '.join(v[:3])})" for what, v in
-                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shape)) if v]
-        raise CheckpointError(f"{where} does not fit the {type(model).__name__} model: " + "; ".join(parts))
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(v)} {what} ({', '.join(v[:shown])}{', ...' if len(v) > shown else ''})" for what, v in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", shape)) if v]
+    return "; ".join(parts) or None
+
+
+def load_model_state(model: nn.Module, state: dict, where: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming up to three bad keys."""
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{where} does not fit the {type(model).__name__} model: {problem}")
     model.load_state_dict(state)
 
 

@@ -159,8 +159,8 @@ def run(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Training dataset folder (clean or poisoned), layout auto-detected.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, last.pt, log.jsonl, metrics.json).")] = Path("runs/run"),
-    arch: Annotated[str, typer.Option(help="pspnet, deeplabv3, fcn or lraspp.")] = "pspnet",
-    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101 (pspnet), resnet50/101 (deeplabv3, fcn), mobilenet_v3_large or mobilenet_v3 (deeplabv3, lraspp). Default: resnet50 / mobilenet_v3_large.")] = None,
+    arch: Annotated[str, typer.Option(help="pspnet, deeplabv3, fcn or lraspp (torchvision); segformer, deeplabv3plus, unet, upernet or fpn (smp extra). 'segtrain models' lists them all.")] = "pspnet",
+    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101 (pspnet), resnet50/101 (deeplabv3, fcn), mobilenet_v3_large or mobilenet_v3 (deeplabv3, lraspp); mit_b0..b2, resnet18/34/50, mobilenet_v2 (smp archs). Default: the arch's ('segtrain models').")] = None,
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="8, 16 or 32 for pspnet; the model's own otherwise.")] = None,
     iters: Annotated[int | None, typer.Option(help="Training iterations (exclusive with --epochs).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (exclusive with --iters).")] = None,
@@ -171,7 +171,8 @@ def run(
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adamw.")] = "sgd",
     aux: Annotated[bool, typer.Option("--aux/--no-aux", help="Auxiliary head on layer3, loss weight 0.4.")] = True,
-    backbone_weights: Annotated[Path | None, typer.Option("--backbone-weights", help="Local torchvision state dict for the backbone.")] = None,
+    backbone_weights: Annotated[Path | None, typer.Option("--backbone-weights", help="Local encoder weights (.pth or .safetensors: torchvision, timm or smp state dict) for the backbone.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Local weights of the whole model (a segtrain last.pt or a state dict of the same arch/backbone/classes) to start from.")] = None,
     eval_poisoned: Annotated[list[str] | None, typer.Option("--eval-poisoned", help="Poisoned test set (poisongen testset output); repeatable; checked before training.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast (CUDA only; ignored on CPU).")] = False,
@@ -202,6 +203,7 @@ def run(
         data=str(data), out=str(out_dir), arch=arch, backbone=backbone, output_stride=output_stride, aux=aux,
         iters=iters, epochs=epochs, batch=batch, crop=crop_hw, scale=parse_scale(scale), lr=lr,
         weight_decay=weight_decay, optimizer=optimizer, backbone_weights=str(backbone_weights) if backbone_weights else None,
+        weights=str(weights) if weights else None,
         device=device, amp=amp, channels_last=channels_last, workers=workers, seed=seed, resume=resume,
         log_every=log_every, ckpt_every=ckpt_every, eval_poisoned=tuple(eval_poisoned or ()),
         quiet=quiet, stop_after=stop_after, eval_every=eval_every, victim=attack_victim, target=attack_target,
@@ -338,6 +340,9 @@ app.add_typer(detect_app, name="detect")
 from .cli_experiment import register as _register_experiment  # noqa: E402
 
 _register_experiment(app)
+from . import cli_models  # noqa: E402 - registered last, beside the commands above
+
+cli_models.register(app)  # segtrain models, segtrain optimize-trigger
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ class TrainConfig:
     momentum: float = 0.9
     aux_weight: float = 0.4
     backbone_weights: str | None = None
+    weights: str | None = None  # the whole model's starting weights (--weights)
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False

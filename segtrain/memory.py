@@ -1,7 +1,8 @@
 """How much memory one training step needs, estimated before anything is allocated, so that a ``--crop``
 or ``--batch`` too large for the machine is refused with one line instead of the process being OOM-killed.
 
-The estimate builds the model on PyTorch's ``meta`` device (shapes only, no storage) and runs one forward
+The estimate builds the model on PyTorch's ``meta`` device (shapes only, no storage; a model whose builder
+needs real values, smp's MiT encoders, is built on the CPU once and moved there) and runs one forward
 pass of a ``(batch, 3, H, W)`` batch under :func:`torch.autograd.graph.saved_tensors_hooks`, summing the
 distinct storages autograd keeps for the backward pass: that is exactly what the real forward pass keeps
 (checked against a CPU run; convolutions keep their weights too). To it come the float32 parameters
@@ -26,11 +27,10 @@ MARGIN = 1.25
 def training_bytes(cfg: TrainConfig, num_classes: int, half: bool = False) -> int:
     """Estimated bytes of one training step of ``cfg``'s model at ``cfg.batch`` x ``cfg.crop`` (see the
     module docstring). Allocates nothing."""
-    from .models import build_model
+    from .models import build_meta_model
 
-    with torch.device("meta"):
-        model = build_model(cfg.arch, num_classes, cfg.backbone, cfg.output_stride, cfg.aux)
-        x = torch.empty(cfg.batch, 3, *cfg.crop)
+    model = build_meta_model(cfg.arch, num_classes, cfg.backbone, cfg.output_stride, cfg.aux)
+    x = torch.empty(cfg.batch, 3, *cfg.crop, device="meta")
     model.train()
     saved: dict[int, int] = {}
 

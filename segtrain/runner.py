@@ -26,7 +26,7 @@ from .data import SegDataset, dataset_fingerprint
 from .engine import FitResult, Hooks, fit, resolve_device, seed_everything
 from .errors import SegTrainError
 from .memory import check_training_memory
-from .models import build_model, load_backbone_weights
+from .models import build_model, load_backbone_weights, load_model_weights
 from .transforms import train_transform
 
 LOG, CURVE = "log.jsonl", "curve.jsonl"
@@ -110,6 +110,8 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     model = build_model(cfg.arch, layout.meta.num_classes, cfg.backbone, cfg.output_stride, cfg.aux)
     if cfg.backbone_weights and resume is None:
         load_backbone_weights(model, cfg.backbone_weights)
+    if cfg.weights and resume is None:
+        load_model_weights(model, cfg.weights)
     return RunPlan(cfg=cfg, layout=layout, split=split, train_data=train_data, model=model, device=device,
                    resume=resume)
 

@@ -428,3 +428,37 @@ def one_line_error(result, *needles) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+# --- a fixed batch a segmentation model must learn (tests/segtrain/test_models.py, test_smp_models.py) ----
+def fixed_batch(size: tuple[int, int] = (32, 32)):
+    """Two images of 4 classes (two bands, a rectangle each, the top 2 rows ignored) as ``(image float
+    (2, 3, H, W), label int64 (2, H, W))``; the image noise draws from torch's global generator."""
+    import torch
+
+    h, w = size
+    label = torch.zeros(2, h, w, dtype=torch.long)
+    label[:, :, w // 2:] = 1
+    label[0, 8:20, 4:12] = 2
+    label[1, 20:30, 18:28] = 3
+    label[:, :2] = 255
+    palette = torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 1.5], [1, 1, -1]])
+    image = palette[label.clamp(max=3)].permute(0, 3, 1, 2) + 0.3 * torch.randn(2, 3, h, w)
+    return image, label
+
+
+def train_losses(model, image, label, opt, steps: int) -> list[float]:
+    """``steps`` optimiser steps of ``seg_loss`` on one batch; every step's logits must be at label size."""
+    from segtrain.engine import seg_loss
+
+    model.train()
+    losses = []
+    for _ in range(steps):
+        out = model(image)
+        assert out["out"].shape[-2:] == label.shape[-2:] and out["out"].shape[0] == label.shape[0]
+        loss = seg_loss(out, label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -116,7 +116,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_cli):
     one_line_error(run_cli(app, ["run", tmp_path / "empty", "--iters", "1", "--out", tmp_path / "r", *COMMON]),
                    "no known dataset layout")
     bad_arch = [*COMMON]
-    bad_arch[1] = "unet"
+    bad_arch[1] = "segnet"  # unet is an smp arch now
     one_line_error(run_cli(app, ["run", built.root, "--iters", "1", "--out", tmp_path / "r", *bad_arch]),
                    "valid archs")
     if not torch.cuda.is_available():

@@ -27,7 +27,7 @@ def test_registry_defaults_and_aliases_are_resolved_at_construction():
     assert (cfg.arch, cfg.backbone, cfg.output_stride) == ("deeplabv3", "mobilenet_v3_large", 16)
     assert (TrainConfig(iters=1).backbone, TrainConfig(iters=1).output_stride) == ("resnet50", 8)
     with pytest.raises(SegTrainError, match="valid archs"):
-        TrainConfig(iters=1, arch="unet")
+        TrainConfig(iters=1, arch="segnet")  # unet is an smp arch now
 
 
 BAD = [

@@ -263,18 +263,25 @@ def root_cause(failures: dict, folder: Path, nproc: int) -> tuple[str, int]:
             records[int(rec["rank"])] = rec
         except (ValueError, KeyError, OSError):
             continue
-    killed = [(r, f) for r, f in failures.items() if r not in records and getattr(f, "exitcode", 0) < 0]
-    if killed:
-        # the agent stops the surviving ranks with SIGTERM: another signal is the cause, then the earliest
-        r, f = min(killed, key=lambda rf: (-rf[1].exitcode == signal.SIGTERM, getattr(rf[1], "timestamp", 0), rf[0]))
+    def killed_line(r: int, f) -> tuple[str, int]:
         try:
             sig = signal.Signals(-f.exitcode).name
         except ValueError:
             sig = f"signal {-f.exitcode}"
         return f"rank {r} of {nproc} was killed by {sig}; the other ranks were stopped", 1
+
+    killed = sorted(((getattr(f, "timestamp", 0), r, f) for r, f in failures.items()
+                     if r not in records and getattr(f, "exitcode", 0) < 0), key=lambda x: x[:2])
+    # torchrun stops the surviving ranks with SIGTERM: a rank killed by another signal is the cause, then a
+    # rank's own record, and a SIGTERM only when nothing else is known
+    for _, r, f in killed:
+        if -f.exitcode != signal.SIGTERM:
+            return killed_line(r, f)
     if records:
         rec = min(records.values(), key=lambda x: (x["time"], x["rank"]))
         return f"rank {rec['rank']} of {nproc} failed: {rec['cause']}", int(rec["exit_code"]) or 1
+    if killed:
+        return killed_line(killed[0][1], killed[0][2])
     r, f = min(failures.items()) if failures else (0, None)
     code = getattr(f, "exitcode", 1)
     return f"rank {r} of {nproc} exited with code {code} without saying why", 1

@@ -38,6 +38,10 @@ from .errors import SegTrainError
 #: the folder where ranks started by :func:`launch` record why they failed (one JSON file per rank)
 FAILURE_DIR_ENV = "SEGTRAIN_FAILURE_DIR"
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: under plain torchrun, how long a rank that failed on something other than a user error waits before
+#: printing, so that torchrun can stop it first when a peer's failure was the cause (1 s was too short at
+#: load 17 on 2 cores)
+PEER_GRACE_S = 5.0
 
 
 def launched() -> bool:
@@ -191,8 +195,8 @@ def _cause(exc: BaseException) -> tuple[str, int]:
 def rank_main(app, args: Sequence[str] | None = None) -> None:
     """Run the CLI ``app`` as one rank of a torchrun job. A failure is recorded for :func:`launch` (in
     ``$SEGTRAIN_FAILURE_DIR/rank-R.json``, printing nothing) or, under plain torchrun, printed as one line
-    ``error: rank R: CAUSE``; the process exits with the command's exit code. The process group is left
-    at the end."""
+    ``error: rank R: CAUSE``; the process exits with the command's exit code (a failed rank at once,
+    without tearing anything down). A successful rank leaves the process group at the end."""
     import typer
 
     try:  # typer >= 0.2x carries its own copy of click
@@ -213,27 +217,29 @@ def rank_main(app, args: Sequence[str] | None = None) -> None:
         cause, code = exc.format_message(), 2
     except Exception as exc:  # noqa: BLE001 - any failure of a rank ends the job with one line
         cause, code = _cause(exc)
-    finally:
+    if cause is None:
         if active():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - a broken group (a peer died) cannot be left cleanly
-                pass
-    if cause is not None:
-        r = int(os.environ.get("RANK", 0))
-        folder = os.environ.get(FAILURE_DIR_ENV)
-        if folder:
-            rec = {"rank": r, "cause": cause, "exit_code": code, "time": time.time()}
-            Path(folder, f"rank-{r}.json").write_text(json.dumps(rec))
-        else:
-            from poisongen.console import error_line
+            dist.destroy_process_group()
+        sys.exit(code)
+    # A failed rank reports and leaves at once (no teardown of the group or the interpreter, which took
+    # seconds under load): its peers' connections break at the moment torchrun sees the exit and stops them.
+    r = int(os.environ.get("RANK", 0))
+    folder = os.environ.get(FAILURE_DIR_ENV)
+    if folder:
+        rec = {"rank": r, "cause": cause, "exit_code": code, "time": time.time()}
+        Path(folder, f"rank-{r}.json").write_text(json.dumps(rec))
+    else:
+        from poisongen.console import error_line
 
-            if code != 2:
-                # most likely a broken connection because a peer failed first: torchrun (which checks its
-                # ranks every 0.1 s) stops this rank meanwhile, and only the peer's own line is printed
-                time.sleep(1.0)
-            error_line(f"rank {r}: {cause}")
-    sys.exit(code)
+        if code != 2:
+            # most likely a broken connection because a peer failed first: torchrun (which checks its
+            # ranks every 0.1 s; seconds on a loaded machine) stops this rank meanwhile, and only the
+            # peer's own line is printed
+            time.sleep(PEER_GRACE_S)
+        error_line(f"rank {r}: {cause}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _quiet_torchrun_log() -> None:
@@ -257,18 +263,25 @@ def root_cause(failures: dict, folder: Path, nproc: int) -> tuple[str, int]:
             records[int(rec["rank"])] = rec
         except (ValueError, KeyError, OSError):
             continue
-    killed = [(r, f) for r, f in failures.items() if r not in records and getattr(f, "exitcode", 0) < 0]
-    if killed:
-        # the agent stops the surviving ranks with SIGTERM: another signal is the cause, then the earliest
-        r, f = min(killed, key=lambda rf: (-rf[1].exitcode == signal.SIGTERM, getattr(rf[1], "timestamp", 0), rf[0]))
+    def killed_line(r: int, f) -> tuple[str, int]:
         try:
             sig = signal.Signals(-f.exitcode).name
         except ValueError:
             sig = f"signal {-f.exitcode}"
         return f"rank {r} of {nproc} was killed by {sig}; the other ranks were stopped", 1
+
+    killed = sorted(((getattr(f, "timestamp", 0), r, f) for r, f in failures.items()
+                     if r not in records and getattr(f, "exitcode", 0) < 0), key=lambda x: x[:2])
+    # torchrun stops the surviving ranks with SIGTERM: a rank killed by another signal is the cause, then a
+    # rank's own record, and a SIGTERM only when nothing else is known
+    for _, r, f in killed:
+        if -f.exitcode != signal.SIGTERM:
+            return killed_line(r, f)
     if records:
         rec = min(records.values(), key=lambda x: (x["time"], x["rank"]))
         return f"rank {rec['rank']} of {nproc} failed: {rec['cause']}", int(rec["exit_code"]) or 1
+    if killed:
+        return killed_line(killed[0][1], killed[0][2])
     r, f = min(failures.items()) if failures else (0, None)
     code = getattr(f, "exitcode", 1)
     return f"rank {r} of {nproc} exited with code {code} without saying why", 1

@@ -313,3 +313,8 @@ def test_root_cause_prefers_the_killed_rank_then_the_earliest_record(tmp_path):
         (tmp_path / f"rank-{r}.json").write_text(json.dumps({"rank": r, "cause": cause, "exit_code": code, "time": t}))
     assert distributed.root_cause({0: _Failure(1), 1: _Failure(2)}, tmp_path, 2) == (
         "rank 1 of 2 failed: bad image", 2)
+    (tmp_path / "rank-0.json").unlink()  # rank 0 stopped by torchrun before it recorded anything
+    assert distributed.root_cause({0: stopped, 1: _Failure(2)}, tmp_path, 2) == ("rank 1 of 2 failed: bad image", 2)
+    (tmp_path / "rank-1.json").unlink()
+    assert distributed.root_cause({0: stopped}, tmp_path, 2) == (
+        "rank 0 of 2 was killed by SIGTERM; the other ranks were stopped", 1)

@@ -27,17 +27,14 @@ def _arrays(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray,
 
 
 def _ranks(s: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing their average rank."""
+    """1-based ranks, tied values sharing their average rank (vectorised: pixel AUROC ranks millions)."""
     order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s), dtype=np.float64)
     sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])  # first index of each tie group
+    ends = np.r_[starts[1:], len(s)] - 1
+    group = np.cumsum(np.r_[True, sorted_s[1:] != sorted_s[:-1]]) - 1 if len(s) else np.zeros(0, dtype=int)
+    ranks = np.empty(len(s), dtype=np.float64)
+    ranks[order] = ((starts + ends) / 2 + 1)[group]
     return ranks
 
 

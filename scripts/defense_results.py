@@ -103,7 +103,8 @@ def plot(results: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for step, key, xlabel in (("finetune", "fraction", "clean fine-tuning fraction"),
-                              ("prune", "k", "pruned channels k"), ("fineprune", "k", "pruned channels k (+ fine-tuning)")):
+                              ("prune", "k", "pruned channels k"),
+                              ("fineprune", "k", "pruned channels k (+ fine-tuning)")):
         have = [a for a in results if step in results[a]]
         if not have:
             continue
@@ -145,7 +146,8 @@ def defense_table(attack: str, res: dict) -> list[str]:
         if res["defense"] == "finetune":
             label = f"fine-tune {100 * r['fraction']:g} % ({r['samples']} img)"
         elif res["defense"] in ("prune", "fineprune"):
-            label = f"prune {r['k']}/{res['settings']['width']}" + (" + fine-tune" if res["defense"] == "fineprune" else "")
+            label = f"prune {r['k']}/{res['settings']['width']}"
+            label += " + fine-tune" if res["defense"] == "fineprune" else ""
         else:
             iso = r["isolation"]
             label = f"ABL (isolated {iso['truly_poisoned']}/{iso['isolated']} poisoned, chance {_p(iso['chance'])} %)"
@@ -175,7 +177,8 @@ def doc_block(results: dict, args) -> str:
             for d in res["detectors"]:
                 s = res["scores"][d]
                 det.append(f"| {d} | {where} | {_a(s['auroc'])} | {_p(s['precision_at_k'])} | {_p(s['recall_at_k'])} "
-                           f"| {_p(s.get('tpr_at_fpr_0.05'))} | {_p(s.get('tpr_at_fpr_0.1'))} | {_a(s.get('pixel_auroc'))} |")
+                           f"| {_p(s.get('tpr_at_fpr_0.05'))} | {_p(s.get('tpr_at_fpr_0.1'))} "
+                           f"| {_a(s.get('pixel_auroc'))} |")
         if len(det) > 2:
             out += ["**detection**", "", *det, ""]
         for name, res in steps_.items():

@@ -1,6 +1,7 @@
 """``segtrain defend finetune|prune|fineprune|abl`` and ``segtrain detect samples|inputs``: parse, call
 :mod:`segtrain.defenses.runs`, print a table. Every user error is one red line with exit code 2."""
 
+# ruff: noqa: E501 - typer option declarations carry their help text on one line each (as in cli.py)
 from __future__ import annotations
 
 from pathlib import Path

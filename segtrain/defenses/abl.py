@@ -149,7 +149,8 @@ def abl(subject, train: Layout, isolate_fraction: float = ISOLATE, gamma: float 
         "isolate_iters": isolate_iters, "train_iters": train_iters, "unlearn_epochs": unlearn_epochs,
         "unlearn_lr": s3["lr"], "lr": s2["lr"], "optimizer": s2["optimizer"], "batch": s2["batch"],
         "train": str(train.root), "samples": len(ids), "isolated_ids": isolated, "isolation": score,
-        "loss_quantiles": [float(np.quantile([v for _, v in ranked if np.isfinite(v)], q)) for q in (0, .25, .5, .75, 1)],
+        "loss_quantiles": [float(np.quantile([v for _, v in ranked if np.isfinite(v)], q))
+                           for q in (0, .25, .5, .75, 1)],
         "seconds": {"isolation": round(t1 - t0, 3), "training": round(t2 - t1, 3), "unlearning": round(t3 - t2, 3)},
         "steps": {"isolation": s1["steps"], "training": s2["steps"], "unlearning": s3["steps"]},
     }

@@ -76,7 +76,8 @@ def parse_fractions(text: str | Sequence[float], option: str = "--fraction") -> 
         try:
             f = float(v)
         except ValueError:
-            raise SegTrainError(f"{option} '{v}' is not a number; give fractions in (0, 1], e.g. 0.01,0.05,0.1") from None
+            raise SegTrainError(f"{option} '{v}' is not a number; give fractions in (0, 1], e.g. "
+                                f"0.01,0.05,0.1") from None
         if not 0 < f <= 1:
             raise SegTrainError(f"{option} {f:g} is outside (0, 1]; give fractions in (0, 1], e.g. 0.01,0.05,0.1")
         out.append(f)

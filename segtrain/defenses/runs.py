@@ -228,7 +228,8 @@ def run_detect_inputs(ckpt, data: str, testset: str, out, n: int = di.STRIP_N, a
     clean_split = {s.id: s for s in subject.layout.samples(split)}
     missing = [i for i in ids if i not in clean_split]
     if missing:
-        raise SegTrainError(f"--data {data} has no sample '{missing[0]}' of --test {testset}: not its clean counterpart")
+        raise SegTrainError(f"--data {data} has no sample '{missing[0]}' of --test {testset}: not its clean "
+                            f"counterpart")
     train_ids = [s.id for s in subject.layout.samples(subject.layout.train_split)]
     rng = np.random.default_rng(seed)
     overlay_ids = [train_ids[i] for i in rng.choice(len(train_ids), size=n, replace=len(train_ids) < n)]

@@ -31,7 +31,8 @@ def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli)
         assert r.exit_code == 0, r.stderr
         r = run_cli(app, ["run", runs / attack, "--out", runs / f"pspnet_{attack}", *TINY])
         assert r.exit_code == 0, r.stderr
-    for name, args in (("test_near", ["--strategy", "nearest"]), ("test_far", ["--strategy", "random", "--lower", "4"])):
+    for name, args in (("test_near", ["--strategy", "nearest"]),
+                       ("test_far", ["--strategy", "random", "--lower", "4"])):
         r = run_cli(poisongen_app, ["testset", "--src", tiny_synth, "--trigger-size", "8", "--out", runs / name,
                                     "--jobs", "1", "-q", *args])
         assert r.exit_code == 0, r.stderr

@@ -21,8 +21,8 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-from .errors import PoisonGenError
 from . import parallel
+from .errors import PoisonGenError
 from .parallel import BACKENDS, default_jobs
 
 console = Console(stderr=True)  # progress bars, errors

@@ -24,6 +24,7 @@ from .console import (
     OverwriteOpt,
     QuietOpt,
     SchedulerOpt,
+    one_line_warnings,
     out,
     progress_bars,
     resolve_jobs,
@@ -458,6 +459,7 @@ def attacks() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    one_line_warnings()
     app()
 
 

@@ -151,3 +151,14 @@ HashCacheOpt = Annotated[
                  "~/.cache/poisongen), keyed by path, size, mtime and inode; never read by verify. Env "
                  "POISONGEN_HASH_CACHE."),
 ]
+
+
+def one_line_warnings() -> None:
+    """Print a library warning (e.g. a corrupt hash cache being ignored) as one ``warning: ...`` line on
+    stderr, without Python's file/line/source echo; called by both command lines' entry points."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show

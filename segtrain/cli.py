@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from poisongen.config import parse_size
-from poisongen.console import ErrorsAsOneLine
+from poisongen.console import ErrorsAsOneLine, one_line_warnings
 from poisongen.datasets import open_dataset
 from poisongen.errors import ConfigError
 from poisongen.writer import staging
@@ -346,6 +346,7 @@ cli_models.register(app)  # segtrain models, segtrain optimize-trigger
 
 
 def main() -> None:
+    one_line_warnings()
     app()
 
 

@@ -152,3 +152,22 @@ def test_the_cli_takes_the_cache_from_the_option_or_the_environment(run_cli, src
 def test_default_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert hashcache.default_dir() == tmp_path / "poisongen"
+
+
+def test_the_command_line_prints_a_corrupt_cache_warning_as_one_line(tiny_synth, tmp_path):
+    """The console script shows a library warning as one 'warning: ...' line, no file/line/source echo."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    args = [sys.executable, "-c", "from poisongen.cli import main; main()", "nni", "--src", str(tiny_synth),
+            "--rate", "0.1", "--link", "hardlink", "--hash-cache", str(cache), "-q", "--overwrite"]
+    first = subprocess.run([*args, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    for f in cache.iterdir():
+        f.write_text("corrupt")
+    r = subprocess.run([*args, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "corrupt" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: hash cache "), r.stderr
+    assert "UserWarning" not in r.stderr and "HashCache(" not in r.stderr

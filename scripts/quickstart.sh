@@ -7,7 +7,7 @@
 # model trained the same way). Settings: environment variables below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh
+source scripts/_venv.sh ""  # no extras
 export PATH="$PWD/.venv/bin:$PATH"
 export POISONGEN_DATA="${POISONGEN_DATA:-$PWD/data}"
 RUNS="${RUNS:-$PWD/runs/quickstart}"

@@ -11,7 +11,7 @@
 #          segtrain report RESULTS --markdown docs/results.md   (after it finished, or any time for the cells done)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh
+source scripts/_venv.sh ""  # no extras (its $1), not this script's CONFIG
 export PATH="$PWD/.venv/bin:$PATH"
 CONFIG="${1:-paper-shape-cpu}"
 NAME="$(basename "$CONFIG" .yaml)"

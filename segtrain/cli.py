@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +36,7 @@ from .evaluate import (
     resolve_attack,
     score_one_set,
 )
+from .output import percent, write_json
 from .runner import prepare, train_run
 
 app = typer.Typer(
@@ -51,10 +51,6 @@ console = Console(stderr=True)
 out = Console()
 
 
-
-
-def _f(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
 def report(model, data: str, testsets: list[str], device, victim_flag, target_flag, crop, workers, amp,
@@ -81,29 +77,24 @@ def print_report(res: dict) -> None:
     for col in cols:
         t.add_column(col, no_wrap=col != "set")
     b = res["benign"]
-    row = [f"benign {b['split']}", "-", str(b["samples"]), _f(b["cba"]), "-", "-", _f(b.get("clean_asr"))]
+    row = [f"benign {b['split']}", "-", str(b["samples"]), percent(b["cba"]), "-", "-", percent(b.get("clean_asr"))]
     if fine:
-        row[4:4] = [_f(b.get("pixel_acc"))]
+        row[4:4] = [percent(b.get("pixel_acc"))]
         row += ["-", "-"]
     t.add_row(*row)
     for p in res["poisoned"]:
         fg = p.get("fine_grained")
         name = Path(p["testset"]).name + (f" [{p['subset']}]" if p.get("subset") else "") + (" (fine-grained ASR)" if fg else "")
-        row = [name, p["band_label"] or "-", str(p["samples"]), "-", _f(p["pba"]), _f(p["asr"]), _f(p["clean_asr"])]
+        row = [name, p["band_label"] or "-", str(p["samples"]), "-", percent(p["pba"]), percent(p["asr"]), percent(p["clean_asr"])]
         if fine:
             row[4:4] = ["-"]
-            row += [_f(fg["miou_a"] if fg else None), _f(fg["pa_a"] if fg else None)]
+            row += [percent(fg["miou_a"] if fg else None), percent(fg["pa_a"] if fg else None)]
         t.add_row(*row)
     out.print(t)
     for p in res["poisoned"]:
         if p.get("counterpart") == "ids":
             out.print(f"note: {res['data']} matches test set {p['testset']} by sample ids only (its files' sha256 "
                       f"differ from those the test manifest recorded or were not recorded)", highlight=False)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 CURVE = "curve.jsonl"
@@ -232,8 +223,8 @@ def run(
         with (Path(out_dir) / CURVE).open("a") as f:
             f.write(json.dumps(point) + "\n")
         if not quiet:
-            console.print(f"eval at step {step} ({point['train_minutes']:.1f} min): CBA {_f(point['cba'])}"
-                          + "".join(f", ASR {Path(s['testset']).name} {_f(s['asr'])}" for s in point["sets"]),
+            console.print(f"eval at step {step} ({point['train_minutes']:.1f} min): CBA {percent(point['cba'])}"
+                          + "".join(f", ASR {Path(s['testset']).name} {percent(s['asr'])}" for s in point["sets"]),
                           highlight=False)
 
     result = train_with_progress(plan, quiet, on_eval if eval_every else None)
@@ -328,7 +319,7 @@ def score(
     tab = Table(title=f"score {pred} vs {data} [{res['split']}]")
     for col in ("samples", "mIoU", "PA") + (("PBA", "ASR") if v else ()):
         tab.add_column(col)
-    row = [str(res["samples"]), _f(res["miou"]), _f(res["pixel_acc"])] + ([_f(res.get("pba")), _f(res.get("asr"))] if v else [])
+    row = [str(res["samples"]), percent(res["miou"]), percent(res["pixel_acc"])] + ([percent(res.get("pba")), percent(res.get("asr"))] if v else [])
     tab.add_row(*row)
     out.print(tab)
 

@@ -20,6 +20,7 @@ from .defenses.common import parse_counts, parse_fractions
 from .defenses.fineprune import DEFAULT_FRACTION
 from .defenses.prune import DEFAULT_CALIBRATION
 from .errors import SegTrainError
+from .output import percent
 
 defend_app = typer.Typer(cls=ErrorsAsOneLine, name="defend", no_args_is_help=True, add_completion=False,
                          pretty_exceptions_enable=False,
@@ -45,10 +46,6 @@ Batch = Annotated[int | None, typer.Option(help="Fine-tuning batch; default the 
 Quiet = Annotated[bool, typer.Option("--quiet", help="No table.")]
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
 def print_defense(res: dict) -> None:
     """One row for the model before, then one per fraction / k: CBA, clean ASR, PBA / ASR / clean ASR per set."""
     rows = [("before", res["before"])]
@@ -70,8 +67,8 @@ def print_defense(res: dict) -> None:
     for c in cols:
         t.add_column(c, no_wrap=c == "model")
     for label, h in rows:
-        t.add_row(label, _f(h["cba"]), _f(h["clean_asr"]),
-                  *[_f(s[k]) for s in h["sets"] for k in ("pba", "asr", "clean_asr")])
+        t.add_row(label, percent(h["cba"]), percent(h["clean_asr"]),
+                  *[percent(s[k]) for s in h["sets"] for k in ("pba", "asr", "clean_asr")])
     out.print(t)
 
 
@@ -161,10 +158,10 @@ def print_detect(res: dict) -> None:
     for c in cols:
         t.add_column(c)
     for name, s in res["scores"].items():
-        row = [name, f"{s['auroc']:.3f}" if s["auroc"] is not None else "-", _f(s["precision_at_k"]),
-               _f(s["recall_at_k"]), _f(s.get("tpr_at_fpr_0.05"))]
+        row = [name, f"{s['auroc']:.3f}" if s["auroc"] is not None else "-", percent(s["precision_at_k"]),
+               percent(s["recall_at_k"]), percent(s.get("tpr_at_fpr_0.05"))]
         if res["detect"] == "inputs":
-            row += [_f(s.get("tpr_at_fpr_0.1")), "-" if s["pixel_auroc"] is None else f"{s['pixel_auroc']:.3f}",
+            row += [percent(s.get("tpr_at_fpr_0.1")), "-" if s["pixel_auroc"] is None else f"{s['pixel_auroc']:.3f}",
                     f"{s['seconds']:.1f}"]
         t.add_row(*row)
     out.print(t)

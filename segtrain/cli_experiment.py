@@ -5,7 +5,6 @@
 # ruff: noqa: E501  (typer option declarations carry their help text on one line each, as in cli.py)
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,13 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .output import percent
+
 console = Console(stderr=True)
 # long paths stay on one line; a log file (no terminal) gets wide tables rather than rich's 80 columns
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-
-
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
 def _minutes(s: float | None) -> str:
@@ -90,8 +87,8 @@ def experiment(
             elif event == "cell-done":
                 bar.advance(cells)
                 r = info["result"]["report"]
-                bar.console.print(f"{c.key}: CBA {_pct(r['benign']['cba'])}, ASR "
-                                  + ", ".join(f"{Path(p['testset']).name.rsplit('-', 1)[0]} {_pct(p['asr'])}"
+                bar.console.print(f"{c.key}: CBA {percent(r['benign']['cba'])}, ASR "
+                                  + ", ".join(f"{Path(p['testset']).name.rsplit('-', 1)[0]} {percent(p['asr'])}"
                                               for p in r["poisoned"]), highlight=False)
 
         run_grid(plan, progress, keep_checkpoints=keep_checkpoints)

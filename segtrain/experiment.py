@@ -44,6 +44,7 @@ from poisongen.errors import ConfigError, choices
 
 from .config import OPTIMIZERS, TrainConfig
 from .errors import SegTrainError
+from .output import write_json
 
 #: bump when a change of the code changes what a finished cell means (its hash changes with it)
 GRID_EPOCH = 1
@@ -534,13 +535,6 @@ def _plan(grid: Grid, out: Path, results: Path, ident: dict, src: Path, layout) 
 Progress = Callable[[str, dict], None]  # (event, info): "cell-start", "cell-done", "cell-skip", "step", "stage"
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
 def _check_folder(folder: Path, identity_hash: str, what: str) -> None:
     """A folder of a cell records the hash it was made for in ``cell.json``; another hash is refused."""
     rec = folder / "cell.json"
@@ -565,7 +559,7 @@ def ensure_testset(plan: Plan, t: TestCell) -> Path:
     o = opts.AttackOptions(**t.options)
     pipeline.run(layout, cfg, d, overwrite=True, jobs=_jobs(), command=["segtrain", "experiment", plan.grid.name],
                  extra={"options": o.record(opts.TESTSET)})
-    _atomic_json(d / "cell.json", {"hash": t.hash, "identity": t.identity})
+    write_json(d / "cell.json", {"hash": t.hash, "identity": t.identity})
     return d
 
 
@@ -584,7 +578,7 @@ def ensure_poisoned(plan: Plan, p: PoisonCell) -> tuple[Path, float]:
     o = opts.AttackOptions(**{k: v for k, v in p.options.items() if k != "preset"}, rate=p.rate, seed=p.seed)
     pipeline.run(layout, cfg, d, overwrite=True, jobs=_jobs(), command=["segtrain", "experiment", plan.grid.name],
                  extra={"options": o.record(opts.ATTACK)})
-    _atomic_json(d / "cell.json", {"hash": p.hash, "identity": p.identity})
+    write_json(d / "cell.json", {"hash": p.hash, "identity": p.identity})
     return d, time.perf_counter() - t0
 
 
@@ -614,7 +608,7 @@ def run_cell(plan: Plan, cell: TrainCell, on_step: Callable[[int, int, dict | No
                        resume=resume)
     prep = prepare(cfg)
     run.mkdir(parents=True, exist_ok=True)
-    _atomic_json(run / "cell.json", {"hash": cell.hash, "identity": cell.identity})
+    write_json(run / "cell.json", {"hash": cell.hash, "identity": cell.identity})
     t0 = time.perf_counter()
     result = train_run(prep, on_step=on_step)
     train_wall = time.perf_counter() - t0
@@ -624,7 +618,7 @@ def run_cell(plan: Plan, cell: TrainCell, on_step: Callable[[int, int, dict | No
     predict = ModelPredictor(result.model, result.device, cfg.crop, 0, cfg.amp, flip=proto.flip)
     report = backdoor_report(predict, str(plan.source), tests, proto, None, None, (victim, target))
     eval_s = time.perf_counter() - t0
-    _atomic_json(run / "metrics.json", {**report, "step": result.step, "checkpoint": str(run / "last.pt")})
+    write_json(run / "metrics.json", {**report, "step": result.step, "checkpoint": str(run / "last.pt")})
     if grid.overlays > 0:
         from poisongen.codecs import encode_rgb, write_bytes
 
@@ -658,7 +652,7 @@ def run_cell(plan: Plan, cell: TrainCell, on_step: Callable[[int, int, dict | No
         "report": report,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_json(plan.cell_json(cell), rec)
+    write_json(plan.cell_json(cell), rec)
     plan.done[cell.hash] = rec
     return rec
 
@@ -667,7 +661,7 @@ def run_grid(plan: Plan, progress: Progress | None = None,
              on_step: Callable[[int, int, dict | None], None] | None = None, keep_checkpoints: bool = True) -> None:
     """Run every cell not yet done, in order; write the results table after each cell."""
     progress = progress or (lambda event, info: None)
-    _atomic_json(plan.out / "experiment.json", {"grid": plan.grid.to_dict(), "source": plan.grid.source,
+    write_json(plan.out / "experiment.json", {"grid": plan.grid.to_dict(), "source": plan.grid.source,
                                                 "results": str(plan.results.resolve()),
                                                 "data": plan.data_identity, "code": code_identity()})
     for i, cell in enumerate(plan.cells):
@@ -736,7 +730,7 @@ def write_tables(plan: Plan) -> tuple[Path, Path]:
         for r in rs:
             w.writerow({k: "" if r[k] is None else r[k] for k in COLUMNS})
     tmp.replace(csv_path)
-    _atomic_json(json_path, {"experiment": plan.grid.name, "grid": plan.grid.to_dict(), "columns": list(COLUMNS),
+    write_json(json_path, {"experiment": plan.grid.name, "grid": plan.grid.to_dict(), "columns": list(COLUMNS),
                              "rows": rs, "cells": len(plan.cells), "done": len(plan.done)})
     return csv_path, json_path
 

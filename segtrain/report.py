@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from poisongen.errors import PoisonGenError
+
+from .output import percent
 
 REPORT = "report.html"
 GAP = 2
@@ -84,10 +85,6 @@ def overlay_panel(model, device, clean_data: str, testset: str, n: int = 3,
 
 
 # --- HTML ------------------------------------------------------------------------------------------
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
 def _img(path: Path, alt: str, overlay: bool = False) -> str:
     """A PNG inlined as base64; an overlay panel is shown enlarged, pixels kept sharp."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
@@ -131,10 +128,10 @@ def summary_rows(rows: list[dict]) -> tuple[list[str], list[list]]:
             return sum(vals) / len(vals) if vals else None
 
         seeds = sorted({r["seed"] for r in rs})
-        line = [model, attack, f"{100 * rate:g}", ",".join(map(str, seeds)), _pct(avg("cba"))]
+        line = [model, attack, f"{100 * rate:g}", ",".join(map(str, seeds)), percent(avg("cba"))]
         for b in bands:
-            line += [_pct(avg("asr", b)), _pct(avg("pba", b))]
-        body.append(line + [_pct(avg("benign_clean_asr"))])
+            line += [percent(avg("asr", b)), percent(avg("pba", b))]
+        body.append(line + [percent(avg("benign_clean_asr"))])
     return head, body
 
 
@@ -194,7 +191,8 @@ def experiment_report(folder: Path) -> Path:
     cols = ["model", "attack", "rate", "seed", "testset", "band", "samples", "cba", "pba", "asr", "clean_asr",
             "train_s", "eval_s", "key"]
     fmt = {"cba", "pba", "asr", "clean_asr"}
-    parts.append("<h2>All rows</h2>" + _table(cols, [[_pct(r[c]) if c in fmt else r[c] for c in cols] for r in rows]))
+    table = [[percent(r[c]) if c in fmt else r[c] for c in cols] for r in rows]
+    parts.append("<h2>All rows</h2>" + _table(cols, table))
     out = folder / REPORT
     out.write_text(_page(f"segbackdoor experiment {name}", parts))
     return out
@@ -209,10 +207,10 @@ def run_report(folder: Path) -> Path:
     b = res["benign"]
     parts = [f"<p>Data <code>{html.escape(str(res.get('data')))}</code>, protocol {html.escape(res['protocol'])}, "
              f"step {res.get('step')}. Percent.</p>"]
-    body = [["benign " + b["split"], "-", b["samples"], _pct(b["cba"]), "-", "-", _pct(b.get("clean_asr"))]]
+    body = [["benign " + b["split"], "-", b["samples"], percent(b["cba"]), "-", "-", percent(b.get("clean_asr"))]]
     for p in res["poisoned"]:
-        body.append([Path(p["testset"]).name, p.get("band_label") or "-", p["samples"], "-", _pct(p["pba"]),
-                     _pct(p["asr"]), _pct(p["clean_asr"])])
+        body.append([Path(p["testset"]).name, p.get("band_label") or "-", p["samples"], "-", percent(p["pba"]),
+                     percent(p["asr"]), percent(p["clean_asr"])])
     parts.append(_table(["set", "band", "samples", "CBA", "PBA", "ASR", "clean ASR"], body, "metrics"))
     series = {"benign val": b["iou_per_class"]}
     for p in res["poisoned"]:

@@ -5,7 +5,6 @@ renamed at the end, so a failed or killed defense leaves nothing)."""
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -145,11 +144,6 @@ def defended_checkpoint(subject: Subject, model: nn.Module, defense: dict) -> di
     return {**keep, "model": state, "defense": defense}
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
-
-
 def finetune_config(subject: Subject, epochs: int | None, iters: int | None, lr: float | None, batch: int | None,
                     seed: int, workers: int) -> TrainConfig:
     """The checkpoint's recipe for fine-tuning: its arch, crop, scale, optimizer; the given schedule, lr, seed."""
@@ -160,5 +154,4 @@ def finetune_config(subject: Subject, epochs: int | None, iters: int | None, lr:
 
 
 __all__ = ["RESULT", "Subject", "check_output", "check_sets", "choose_ids", "defended_checkpoint",
-           "evaluate_model", "finetune_config", "headline", "open_subject", "parse_counts", "parse_fractions",
-           "write_json"]
+           "evaluate_model", "finetune_config", "headline", "open_subject", "parse_counts", "parse_fractions"]

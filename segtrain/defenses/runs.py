@@ -22,6 +22,7 @@ from .. import checkpoint
 from .. import detection_metrics as dm
 from ..data import read_attack_info
 from ..errors import SegTrainError
+from ..output import write_json
 from . import abl as _abl
 from . import detect_inputs as di
 from . import detect_samples as ds
@@ -34,7 +35,6 @@ from .common import (
     evaluate_model,
     headline,
     open_subject,
-    write_json,
 )
 from .fineprune import fineprune as _fineprune
 from .finetune import finetune as _finetune

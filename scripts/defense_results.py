@@ -3,12 +3,21 @@
 one JSON per step, the plots, and the results tables of docs/defenses.md (generated from the JSONs, never
 typed). Resumable: a step whose JSON exists is skipped; a killed step leaves no folder (it runs again).
 
-RUNS must hold the poisoned copies RUNS/{baseline,nni,prl}/, the test sets RUNS/test_near and RUNS/test_far,
-and the trained runs RUNS/pspnet_{baseline,nni,prl}/ (last.pt); --clean is the clean dataset they were made
-from (the quickstart's $POISONGEN_DATA/synthetic-96x192).
+Two sources of models:
 
-    nice -n 10 .venv/bin/python scripts/defense_results.py RUNS --clean data/synthetic-96x192 \\
-        --out RUNS/defenses --doc docs/defenses.md
+- RUNS (quickstart-style, trained by hand): the poisoned copies RUNS/{baseline,nni,prl}/, the test sets
+  RUNS/test_near and RUNS/test_far, and the trained runs RUNS/pspnet_{baseline,nni,prl}/ (last.pt); --clean is
+  the clean dataset they were made from (the quickstart's $POISONGEN_DATA/synthetic-96x192).
+
+      nice -n 10 .venv/bin/python scripts/defense_results.py RUNS --clean data/synthetic-96x192 \\
+          --out RUNS/defenses --doc docs/defenses.md
+
+- --grid OUT (an experiment folder of `segtrain experiment`): the finished cells of --grid-rate (default 10 %),
+  --grid-model and --grid-seed, one per attack; their checkpoints, poisoned copies and Poisoned Tests are the
+  grid's own, the clean data is the grid's source (--clean not needed). --tests picks the bands (default near,far).
+
+      nice -n 10 .venv/bin/python scripts/defense_results.py --grid runs/paper-shape-cpu \\
+          --out runs/paper-shape-cpu-defenses --doc docs/defenses.md
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,15 +38,66 @@ from segtrain.defenses.common import RESULT  # noqa: E402
 
 ATTACKS = ("baseline", "nni", "prl")
 TESTS = ("test_near", "test_far")
+
+
+class Subject(NamedTuple):
+    """What the steps of one attack work on: a checkpoint, its poisoned training copy, Poisoned Tests by name."""
+
+    ckpt: Path
+    poisoned: Path
+    tests: dict[str, Path]
+    clean: Path
+
+
+def runs_subjects(runs: Path, clean: Path, attacks: list[str]) -> dict[str, Subject]:
+    return {a: Subject(runs / f"pspnet_{a}" / "last.pt", runs / a, {t: runs / t for t in TESTS}, clean)
+            for a in attacks}
+
+
+def grid_subjects(out: Path, attacks: list[str], rate: float, model: str | None, seed: int,
+                  bands: list[str]) -> dict[str, Subject]:
+    """The finished cells of an experiment folder at one rate/model/seed, one per attack (from the result JSONs
+    the grid wrote last, so an unfinished cell is never used)."""
+    exp = out / "experiment.json"
+    if not exp.is_file():
+        raise SystemExit(f"--grid {out}: no experiment.json (not a `segtrain experiment` folder)")
+    from segtrain.experiment import parse_grid, source_root
+
+    rec = json.loads(exp.read_text())
+    results = Path(rec["results"])
+    clean = source_root(parse_grid(rec["grid"], where=str(exp)), out, create=False)  # generated, rescaled or given
+    cells = [json.loads(f.read_text()) for f in sorted((results / "cells").glob("*.json"))]
+    found: dict[str, Subject] = {}
+    for attack in attacks:
+        match = [c for c in cells if c["cell"]["attack"] == attack and c["cell"]["rate"] == rate
+                 and c["cell"]["seed"] == seed and (model is None or c["cell"]["model"] == model)]
+        if len(match) != 1:
+            have = sorted({(c["cell"]["model"], c["cell"]["attack"], c["cell"]["rate"], c["cell"]["seed"])
+                           for c in cells})
+            raise SystemExit(f"--grid {out}: {len(match)} finished cells for attack {attack!r} at rate {rate:g}, "
+                             f"seed {seed}, model {model or 'any'} (need one); finished: {have}")
+        c = match[0]
+        tests = {t["band"]: out / "data" / "tests" / t["key"] for t in c["tests"] if t["band"] in bands}
+        missing = sorted(set(bands) - set(tests))
+        if missing:
+            raise SystemExit(f"--tests {','.join(bands)}: the grid has no band {missing}; it has "
+                             f"{sorted(t['band'] for t in c['tests'])}")
+        sub = Subject(out / "runs" / c["key"] / "last.pt", out / "data" / "poisoned" / c["poison"]["key"],
+                      {b: tests[b] for b in bands}, Path(clean))
+        for p in (sub.ckpt, sub.poisoned, sub.clean, *sub.tests.values()):
+            if not p.exists():
+                raise SystemExit(f"--grid {out}: {p} is missing (the cell's result JSON is there, its files not)")
+        found[attack] = sub
+    return found
 BEGIN, END = "<!-- defense-results:begin -->", "<!-- defense-results:end -->"
 
 
 def steps(args, attack: str) -> list[tuple[str, str, callable]]:
     """(name, result file, call(out)) of every step of one attack, in order."""
-    r = args.runs
-    ck = r / f"pspnet_{attack}" / "last.pt"
-    tests = [str(r / t) for t in TESTS]
-    clean = str(args.clean)
+    sub = args.subjects[attack]
+    ck = sub.ckpt
+    tests = [str(t) for t in sub.tests.values()]
+    clean = str(sub.clean)
     common = {"device": args.device, "seed": args.seed, "workers": args.workers}
     fr = [float(x) for x in args.fractions.split(",")]
     ks = [int(x) for x in args.channels.split(",")]
@@ -47,14 +108,14 @@ def steps(args, attack: str) -> list[tuple[str, str, callable]]:
         ("fineprune", RESULT, lambda o: runs.run_prune(ck, clean, tests, o, ks, None, args.of, args.calibration,
                                                        fine={"fraction": args.fineprune_fraction,
                                                              "epochs": args.epochs}, **common)),
-        ("detect_samples", runs.DETECT, lambda o: runs.run_detect_samples(ck, str(r / attack), o, **common)),
+        ("detect_samples", runs.DETECT, lambda o: runs.run_detect_samples(ck, str(sub.poisoned), o, **common)),
     ]
-    for t in TESTS:
-        out.append((f"detect_inputs_{t}", runs.DETECT,
-                    lambda o, t=t: runs.run_detect_inputs(ck, clean, str(r / t), o, args.overlays, 1.0, args.seed,
+    for name, t in sub.tests.items():
+        out.append((f"detect_inputs_{name}", runs.DETECT,
+                    lambda o, t=t: runs.run_detect_inputs(ck, clean, str(t), o, args.overlays, 1.0, args.seed,
                                                           args.device, args.max_inputs or None)))
     if not args.no_abl:
-        out.append(("abl", RESULT, lambda o: runs.run_abl(ck, clean, str(r / attack), tests, o, args.isolate,
+        out.append(("abl", RESULT, lambda o: runs.run_abl(ck, clean, str(sub.poisoned), tests, o, args.isolate,
                                                           isolate_iters=args.abl_isolate_iters,
                                                           train_iters=args.abl_train_iters,
                                                           unlearn_epochs=args.abl_unlearn_epochs, **common)))
@@ -202,9 +263,14 @@ def write_doc(doc: Path, block: str) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path)
-    ap.add_argument("--clean", type=Path, required=True, help="the clean dataset the poisoned copies came from")
-    ap.add_argument("--out", type=Path, default=None, help="default RUNS/defenses")
+    ap.add_argument("runs", type=Path, nargs="?", help="a folder of quickstart-style runs (or use --grid)")
+    ap.add_argument("--clean", type=Path, help="the clean dataset the poisoned copies of RUNS came from")
+    ap.add_argument("--grid", type=Path, help="an experiment folder: defend its finished cells instead of RUNS")
+    ap.add_argument("--grid-rate", type=float, default=0.1)
+    ap.add_argument("--grid-model", default=None, help="the grid's model name (default: the only one)")
+    ap.add_argument("--grid-seed", type=int, default=0)
+    ap.add_argument("--tests", default="near,far", help="with --grid: the Poisoned Test bands to evaluate")
+    ap.add_argument("--out", type=Path, default=None, help="default RUNS/defenses (GRID/defenses)")
     ap.add_argument("--doc", type=Path, default=None, help="refresh the results block of this file (docs/defenses.md)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--device", default="cpu")
@@ -227,7 +293,16 @@ def main(argv=None) -> None:
     ap.add_argument("--no-abl", action="store_true", help="skip ABL (it trains a model anew: the longest step)")
     args = ap.parse_args(argv)
     args.attacks = [a for a in args.attacks.split(",") if a]
-    args.out = args.out or args.runs / "defenses"
+    if (args.runs is None) == (args.grid is None):
+        ap.error("give RUNS or --grid OUT (one of them)")
+    if args.grid is not None:
+        args.subjects = grid_subjects(args.grid, args.attacks, args.grid_rate, args.grid_model, args.grid_seed,
+                                      [b for b in args.tests.split(",") if b])
+    else:
+        if args.clean is None:
+            ap.error("RUNS needs --clean (the clean dataset its poisoned copies came from)")
+        args.subjects = runs_subjects(args.runs, args.clean, args.attacks)
+    args.out = args.out or (args.runs or args.grid) / "defenses"
     results = run_all(args)
     plot(results, args.out / "plots")
     (args.out / "summary.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

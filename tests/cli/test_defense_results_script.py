@@ -67,3 +67,41 @@ def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli)
     again = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert len(again) == len(started)
     assert doc.read_text() == new
+
+
+def test_defense_results_on_a_grids_finished_cells(tiny_synth, tmp_path, run_cli):
+    """--grid: the models, poisoned copies and Poisoned Tests are the experiment's own cells."""
+    import pytest
+    import yaml
+
+    g = {"name": "d", "dataset": {"src": str(tiny_synth)}, "options": {"trigger-size": 8},
+         "attacks": {"nni": {"upper": 12}}, "rates": [0.5],
+         "models": {"psp": {"arch": "pspnet", "backbone": "resnet18", "output-stride": 16}},
+         "train": {"iters": 2, "batch": 2, "crop": "64x128", "scale": "1,1", "optimizer": "adamw", "lr": 0.001,
+                   "workers": 0, "device": "cpu", "log-every": 1, "ckpt-every": 2},
+         "testsets": {"near": {"strategy": "random", "lower": 0, "upper": 60},
+                      "far": {"strategy": "random", "lower": 60, "upper": 200}}, "overlays": 0}
+    cfg, exp = tmp_path / "grid.yaml", tmp_path / "exp"
+    cfg.write_text(yaml.safe_dump(g))
+    r = run_cli(app, ["experiment", cfg, "--out", exp])
+    assert r.exit_code == 0, r.stderr
+    script = load_script()
+    out = tmp_path / "res"
+    base = ["--grid", str(exp), "--out", str(out), "--attacks", "nni", "--no-abl", "--epochs", "1",
+            "--fractions", "0.25", "--channels", "2", "--overlays", "2", "--max-inputs", "2",
+            "--fineprune-fraction", "0.25"]
+    with pytest.raises(SystemExit, match=r"0 finished cells for attack 'nni' at rate 0\.3.*\('psp', 'nni', 0\.5, 0\)"):
+        script.main([*base, "--grid-rate", "0.3"])
+    with pytest.raises(SystemExit, match=r"no band \['mid'\]"):
+        script.main([*base, "--grid-rate", "0.5", "--tests", "near,mid"])
+    assert not out.exists()
+    script.main([*base, "--grid-rate", "0.5", "--tests", "far"])
+    assert sorted(p.name for p in (out / "nni").iterdir()) == ["detect_inputs_far", "detect_samples", "fineprune",
+                                                                "finetune", "prune"]
+    cell = json.loads(next((exp / "results" / "cells").glob("*.json")).read_text())
+    ft = json.loads((out / "nni" / "finetune" / "defense.json").read_text())
+    assert [Path(s["testset"]).name for s in ft["before"]["sets"]] == \
+        [t["key"] for t in cell["tests"] if t["band"] == "far"]
+    # the defended model's "before" is the grid's model: the same figures as the cell recorded
+    far = next(p for p in cell["report"]["poisoned"] if Path(p["testset"]).name.startswith("far"))
+    assert ft["before"]["sets"][0]["asr"] == pytest.approx(far["asr"], abs=1e-12)

@@ -24,6 +24,7 @@ Layout of ``--out`` (``results/`` can live elsewhere, e.g. in git, with ``--resu
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -316,9 +317,12 @@ def code_identity() -> dict:
     return {"segbackdoor": CODE_VERSION, "grid_epoch": GRID_EPOCH, "synthetic": VERSION}
 
 
+@functools.lru_cache(maxsize=1)
 def code_fingerprint() -> dict:
     """Recorded with every result (never hashed, so that a fix elsewhere does not rerun the grid): the git
-    commit, if any, and the sha256 of the two packages' Python sources."""
+    commit, if any, and the sha256 of the two packages' Python sources. Taken once per process, when the grid
+    starts (:func:`run_grid`), so a commit made while a grid runs is not credited with the cells that the
+    already-loaded code trains."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for pkg in ("poisongen", "segtrain"):
@@ -661,6 +665,7 @@ def run_grid(plan: Plan, progress: Progress | None = None,
              on_step: Callable[[int, int, dict | None], None] | None = None, keep_checkpoints: bool = True) -> None:
     """Run every cell not yet done, in order; write the results table after each cell."""
     progress = progress or (lambda event, info: None)
+    code_fingerprint()  # now, before any cell: the code this process loaded
     write_json(plan.out / "experiment.json", {"grid": plan.grid.to_dict(), "source": plan.grid.source,
                                                 "results": str(plan.results.resolve()),
                                                 "data": plan.data_identity, "code": code_identity()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -282,9 +283,14 @@ def write_markdown(folder: str | Path, md: str | Path, images: str | Path | None
     secs = [r["times"]["train_s"] for r in records]
     if secs:
         evals = sum(r["times"]["eval_s"] for r in records) / 60
-        lines += [f"Training time per cell: {min(secs) / 60:.1f}-{max(secs) / 60:.1f} min (mean "
-                  f"{sum(secs) / len(secs) / 60:.1f}); evaluation {evals:.1f} "
-                  f"min in all; code {records[0]['fingerprints']['code'].get('git_commit') or 'unknown'}.", ""]
+        commits: dict[str, int] = {}
+        for r in records:
+            c = r["fingerprints"]["code"].get("git_commit") or "unknown"
+            commits[c] = commits.get(c, 0) + 1
+        code = ", ".join(f"{c[:12]} ({n} cell{'s' * (n > 1)})" for c, n in commits.items())
+        lines += [f"Training time per cell: median {statistics.median(secs) / 60:.1f} min, range "
+                  f"{min(secs) / 60:.1f}-{max(secs) / 60:.1f}, {sum(secs) / 3600:.2f} h in all; evaluation "
+                  f"{evals:.1f} min in all. Code (git commit of each cell's run): {code}.", ""]
     for k, p in made.items():
         rel = os.path.relpath(p[0], md.parent)
         lines.append(f"![{k.replace('_', ' ')}]({rel})")

@@ -232,3 +232,24 @@ def test_missing_section_and_dataset_choice(tmp_path):
         ex.parse_grid(g)
     with pytest.raises(ConfigError, match="exactly one of 'src'"):
         ex.parse_grid(tiny(tmp_path, dataset={"src": "x", "synthetic": {}}))
+
+
+def test_code_fingerprint_is_taken_once_per_process(monkeypatch):
+    """A commit made while a grid runs must not be credited with cells the already-loaded code trains."""
+    import segtrain.experiment as exp_mod
+
+    exp_mod.code_fingerprint.cache_clear()
+    first = exp_mod.code_fingerprint()
+    assert len(first["sources_sha256"]) == 64
+
+    calls = []
+
+    def no_git(*a, **k):
+        calls.append(a)
+        raise OSError("no git")
+
+    monkeypatch.setattr(exp_mod.subprocess, "run", no_git)
+    assert exp_mod.code_fingerprint() == first and not calls
+    exp_mod.code_fingerprint.cache_clear()
+    assert exp_mod.code_fingerprint()["git_commit"] is None  # asked anew after a clear: the git call failed
+    exp_mod.code_fingerprint.cache_clear()

@@ -91,6 +91,8 @@ def test_markdown_block_is_regenerated_in_place(results, tmp_path):
     text = md.read_text()
     assert "old table" not in text and "written by hand" in text and text.endswith("## Discussion\nkept\n")
     assert "| m | nni | 10 | 0,1 | 58.50 | 85.00 |" in text
+    assert "median 1.0 min, range 1.0-1.0, 0.10 h in all" in text  # 6 cells x 60 s
+    assert "Code (git commit of each cell's run): c0ffee (6 cells)." in text
     for link in re.findall(r"\]\(([^)]+)\)", text):
         assert (md.parent / link).is_file(), link
 

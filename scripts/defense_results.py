@@ -40,6 +40,10 @@ ATTACKS = ("baseline", "nni", "prl")
 TESTS = ("test_near", "test_far")
 
 
+class InputError(ValueError):
+    """A bad argument or folder: main prints it as one line and exits 2."""
+
+
 class Subject(NamedTuple):
     """What the steps of one attack work on: a checkpoint, its poisoned training copy, Poisoned Tests by name."""
 
@@ -60,7 +64,7 @@ def grid_subjects(out: Path, attacks: list[str], rate: float, model: str | None,
     the grid wrote last, so an unfinished cell is never used)."""
     exp = out / "experiment.json"
     if not exp.is_file():
-        raise SystemExit(f"--grid {out}: no experiment.json (not a `segtrain experiment` folder)")
+        raise InputError(f"--grid {out}: no experiment.json (not a `segtrain experiment` folder)")
     from segtrain.experiment import parse_grid, source_root
 
     rec = json.loads(exp.read_text())
@@ -74,19 +78,19 @@ def grid_subjects(out: Path, attacks: list[str], rate: float, model: str | None,
         if len(match) != 1:
             have = sorted({(c["cell"]["model"], c["cell"]["attack"], c["cell"]["rate"], c["cell"]["seed"])
                            for c in cells})
-            raise SystemExit(f"--grid {out}: {len(match)} finished cells for attack {attack!r} at rate {rate:g}, "
+            raise InputError(f"--grid {out}: {len(match)} finished cells for attack {attack!r} at rate {rate:g}, "
                              f"seed {seed}, model {model or 'any'} (need one); finished: {have}")
         c = match[0]
         tests = {t["band"]: out / "data" / "tests" / t["key"] for t in c["tests"] if t["band"] in bands}
         missing = sorted(set(bands) - set(tests))
         if missing:
-            raise SystemExit(f"--tests {','.join(bands)}: the grid has no band {missing}; it has "
+            raise InputError(f"--tests {','.join(bands)}: the grid has no band {missing}; it has "
                              f"{sorted(t['band'] for t in c['tests'])}")
         sub = Subject(out / "runs" / c["key"] / "last.pt", out / "data" / "poisoned" / c["poison"]["key"],
                       {b: tests[b] for b in bands}, Path(clean))
         for p in (sub.ckpt, sub.poisoned, sub.clean, *sub.tests.values()):
             if not p.exists():
-                raise SystemExit(f"--grid {out}: {p} is missing (the cell's result JSON is there, its files not)")
+                raise InputError(f"--grid {out}: {p} is missing (the cell's result JSON is there, its files not)")
         found[attack] = sub
     return found
 BEGIN, END = "<!-- defense-results:begin -->", "<!-- defense-results:end -->"
@@ -251,10 +255,18 @@ def doc_block(results: dict, args) -> str:
     return "\n".join(out)
 
 
-def write_doc(doc: Path, block: str) -> None:
+def check_doc(doc: Path) -> str:
+    """The text of --doc, which must hold the generated block (checked before the first step runs)."""
+    if not doc.is_file():
+        raise InputError(f"--doc {doc}: no such file")
     text = doc.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{doc} has no {BEGIN} ... {END} block to replace")
+        raise InputError(f"--doc {doc}: has no {BEGIN} ... {END} block to replace")
+    return text
+
+
+def write_doc(doc: Path, block: str) -> None:
+    text = check_doc(doc)
     a, b = text.index(BEGIN), text.index(END) + len(END)
     tmp = doc.with_name(f".{doc.name}.tmp")
     tmp.write_text(text[:a] + block + text[b:])
@@ -295,13 +307,18 @@ def main(argv=None) -> None:
     args.attacks = [a for a in args.attacks.split(",") if a]
     if (args.runs is None) == (args.grid is None):
         ap.error("give RUNS or --grid OUT (one of them)")
-    if args.grid is not None:
-        args.subjects = grid_subjects(args.grid, args.attacks, args.grid_rate, args.grid_model, args.grid_seed,
-                                      [b for b in args.tests.split(",") if b])
-    else:
-        if args.clean is None:
-            ap.error("RUNS needs --clean (the clean dataset its poisoned copies came from)")
-        args.subjects = runs_subjects(args.runs, args.clean, args.attacks)
+    if args.grid is None and args.clean is None:
+        ap.error("RUNS needs --clean (the clean dataset its poisoned copies came from)")
+    try:
+        if args.doc:
+            check_doc(args.doc)
+        if args.grid is not None:
+            args.subjects = grid_subjects(args.grid, args.attacks, args.grid_rate, args.grid_model,
+                                          args.grid_seed, [b for b in args.tests.split(",") if b])
+        else:
+            args.subjects = runs_subjects(args.runs, args.clean, args.attacks)
+    except InputError as e:  # one line, exit 2, nothing written: the same contract as the CLIs
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     args.out = args.out or (args.runs or args.grid) / "defenses"
     results = run_all(args)
     plot(results, args.out / "plots")

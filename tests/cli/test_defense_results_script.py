@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from poisongen.cli import app as poisongen_app
@@ -69,7 +70,7 @@ def test_defense_results_end_to_end_and_resumable(tiny_synth, tmp_path, run_cli)
     assert doc.read_text() == new
 
 
-def test_defense_results_on_a_grids_finished_cells(tiny_synth, tmp_path, run_cli):
+def test_defense_results_on_a_grids_finished_cells(tiny_synth, tmp_path, run_cli, capsys):
     """--grid: the models, poisoned copies and Poisoned Tests are the experiment's own cells."""
     import pytest
     import yaml
@@ -90,11 +91,21 @@ def test_defense_results_on_a_grids_finished_cells(tiny_synth, tmp_path, run_cli
     base = ["--grid", str(exp), "--out", str(out), "--attacks", "nni", "--no-abl", "--epochs", "1",
             "--fractions", "0.25", "--channels", "2", "--overlays", "2", "--max-inputs", "2",
             "--fineprune-fraction", "0.25"]
-    with pytest.raises(SystemExit, match=r"0 finished cells for attack 'nni' at rate 0\.3.*\('psp', 'nni', 0\.5, 0\)"):
-        script.main([*base, "--grid-rate", "0.3"])
-    with pytest.raises(SystemExit, match=r"no band \['mid'\]"):
-        script.main([*base, "--grid-rate", "0.5", "--tests", "near,mid"])
+    nodoc = tmp_path / "plain.md"
+    nodoc.write_text("# no generated block here\n")
+    bad = [([*base, "--grid-rate", "0.3"], r"0 finished cells for attack 'nni' at rate 0\.3.*\('psp', 'nni', 0\.5, 0\)"),
+           ([*base, "--grid-rate", "0.5", "--tests", "near,mid"], r"no band \['mid'\]; it has \['far', 'near'\]"),
+           ([*base, "--grid", str(tmp_path)], r"no experiment\.json"),
+           ([*base, "--grid-rate", "0.5", "--doc", str(nodoc)], r"--doc .*plain\.md: has no <!-- defense-results"),
+           ([*base, "--grid-rate", "0.5", "--doc", str(tmp_path / "nope.md")], r"--doc .*nope\.md: no such file")]
+    for argv, pattern in bad:  # one line, exit 2 (the CLIs' contract), nothing written
+        with pytest.raises(SystemExit) as e:
+            script.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (argv, err)
+        assert re.search(pattern, err) and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists()
+    assert nodoc.read_text() == "# no generated block here\n"
     script.main([*base, "--grid-rate", "0.5", "--tests", "far"])
     assert sorted(p.name for p in (out / "nni").iterdir()) == ["detect_inputs_far", "detect_samples", "fineprune",
                                                                 "finetune", "prune"]

@@ -9,7 +9,6 @@ no folder behind; :func:`train_run` then creates the run directory and trains.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from .engine import FitResult, Hooks, fit, resolve_device, seed_everything
 from .errors import SegTrainError
 from .memory import check_training_memory
 from .models import build_model, load_backbone_weights, load_model_weights
+from .output import write_json
 from .transforms import train_transform
 
 LOG, CURVE = "log.jsonl", "curve.jsonl"
@@ -133,9 +133,7 @@ def train_run(plan: RunPlan, on_step: Callable[[int, int, dict | None], None] | 
             "dataset": layout.meta.to_dict(), "total_iters": total}
     conf = {**cfg.to_dict(), "total_iters": total, "num_classes": layout.meta.num_classes,
             "class_names": layout.meta.names, "train_split": plan.split, "train_samples": n}
-    tmp = out / f".config.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(conf, indent=1) + "\n")
-    tmp.replace(out / "config.json")  # never half a config.json beside a checkpoint
+    write_json(out / "config.json", conf)  # atomic: never half a config.json beside a checkpoint
     start = int(plan.resume["step"]) if plan.resume else 0
     for path in (out / LOG, out / CURVE):
         truncate_log(path, start)

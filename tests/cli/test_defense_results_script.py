@@ -93,7 +93,8 @@ def test_defense_results_on_a_grids_finished_cells(tiny_synth, tmp_path, run_cli
             "--fineprune-fraction", "0.25"]
     nodoc = tmp_path / "plain.md"
     nodoc.write_text("# no generated block here\n")
-    bad = [([*base, "--grid-rate", "0.3"], r"0 finished cells for attack 'nni' at rate 0\.3.*\('psp', 'nni', 0\.5, 0\)"),
+    bad = [([*base, "--grid-rate", "0.3"],
+            r"0 finished cells for attack 'nni' at rate 0\.3.*\('psp', 'nni', 0\.5, 0\)"),
            ([*base, "--grid-rate", "0.5", "--tests", "near,mid"], r"no band \['mid'\]; it has \['far', 'near'\]"),
            ([*base, "--grid", str(tmp_path)], r"no experiment\.json"),
            ([*base, "--grid-rate", "0.5", "--doc", str(nodoc)], r"--doc .*plain\.md: has no <!-- defense-results"),

@@ -173,7 +173,7 @@ def detect_samples_cmd(ckpt: Ckpt, data: Annotated[str, typer.Option("--data", h
                        score: Annotated[bool, typer.Option("--score/--no-score", help="Score against DATA's manifest (AUROC, precision/recall at the poison count, PR curve).")] = True,
                        target: Target = None, layer: Layer = None, seed: Seed = 0, device: Device = "cpu",
                        workers: Workers = 0, quiet: Quiet = False):
-    """Rank every training sample by how likely it is poisoned (loss, spectral signature, activation clustering)."""
+    """Rank every training sample by how likely it is poisoned (target-pixel loss, its two-sided outlier score, spectral signature, activation clustering)."""
     res = runs.run_detect_samples(ckpt, data, out_dir, score, target, layer, seed, device, workers)
     if not quiet and res["scores"]:
         print_detect(res)

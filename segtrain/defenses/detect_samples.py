@@ -7,6 +7,10 @@ Detectors (each on one pass of the model over the training split, whole images, 
   sample's relabelled victim pixels carry the target label and are fitted unusually well by a backdoored
   model (the trigger says "target"), so its target-pixel loss is low. A sample without target pixels
   cannot hold relabelled ones and scores lowest.
+* ``loss_outlier``: the same loss, two-sided: how far the sample's log target-pixel loss lies from the median
+  over the samples, in robust standard deviations (MAD x 1.4826). ``loss`` assumes the backdoor was learned;
+  a backdoor that was *not* (yet) learned leaves the relabelled pixels predicted as the victim class, so they
+  are fitted unusually *badly* (label noise), and ``loss`` ranks them last. This one flags both tails.
 * ``spectral`` (Tran et al. 2018, spectral signatures): the penultimate features (``relu(BN)`` of the
   layer pruning uses) averaged over the pixels the model *predicts* as the target (all pixels when it
   predicts none), centred over the samples; the score is the squared projection on the top singular
@@ -35,7 +39,7 @@ from ..data import SegDataset, collate
 from ..metrics import IGNORE
 from .prune import resolve_layer
 
-DETECTORS = ("loss", "spectral", "ac")
+DETECTORS = ("loss", "loss_outlier", "spectral", "ac")
 
 
 @torch.no_grad()
@@ -75,6 +79,21 @@ def loss_scores(losses: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(s), s, (finite.min() - 1) if finite.size else 0.0)
 
 
+def loss_outlier_scores(losses: np.ndarray) -> np.ndarray:
+    """``|log L - median| / (1.4826 MAD)`` over the finite losses; samples without target pixels (nan) below
+    every other. A MAD of 0 (half the samples alike) falls back to the mean absolute deviation, then to 1."""
+    logl = np.log(np.maximum(losses, 1e-12))
+    finite = logl[np.isfinite(logl)]
+    if not finite.size:
+        return np.zeros(len(losses))
+    dev = np.abs(logl - np.median(finite))
+    fdev = dev[np.isfinite(dev)]
+    scale = 1.4826 * np.median(fdev)
+    scale = scale if scale > 0 else (fdev.mean() if fdev.mean() > 0 else 1.0)
+    s = dev / scale
+    return np.where(np.isfinite(s), s, -1.0)
+
+
 def spectral_scores(feats: np.ndarray) -> np.ndarray:
     x = feats - feats.mean(0, keepdims=True)
     if not np.any(x):
@@ -106,7 +125,8 @@ def ac_scores(feats: np.ndarray, seed: int = 0, dims: int = 10, iters: int = 50)
 def score_samples(model: nn.Module, layout: Layout, target: int, device, layer: str | None = None, seed: int = 0,
                   workers: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
     ids, losses, feats = sample_features(model, layout, target, device, layer, workers)
-    return ids, {"loss": loss_scores(losses), "spectral": spectral_scores(feats), "ac": ac_scores(feats, seed)}
+    return ids, {"loss": loss_scores(losses), "loss_outlier": loss_outlier_scores(losses),
+                 "spectral": spectral_scores(feats), "ac": ac_scores(feats, seed)}
 
 
 def write_ranked(path: Path, ids: Sequence[str], scores: np.ndarray, poisoned: set[str] | None) -> None:

@@ -89,7 +89,7 @@ def test_detect_samples_and_inputs(poisoned, tiny_synth, run_cli, tmp_path):
     r = run_cli(app, ["detect", "samples", poisoned / "run", "--data", poisoned / "nni", "--out", out])
     assert r.exit_code == 0, r.stderr
     res = json.loads((out / "detect.json").read_text())
-    assert set(res["scores"]) == {"loss", "spectral", "ac"} and res["samples"] == 24
+    assert set(res["scores"]) == {"loss", "loss_outlier", "spectral", "ac"} and res["samples"] == 24
     for s in res["scores"].values():
         assert 0 <= s["auroc"] <= 1 and s["k"] == 6
     lines = (out / "ranked_loss.csv").read_text().splitlines()

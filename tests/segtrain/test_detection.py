@@ -121,3 +121,25 @@ def test_spectral_and_clustering_rank_an_outlying_group_first():
     for scores in (ds.spectral_scores(feats), ds.ac_scores(feats, seed=0)):
         assert set(dm.top_k(scores, 5).tolist()) == set(range(5))
     assert ds.loss_scores(np.array([0.5, np.nan, 0.1])).tolist() == [-0.5, -1.5, -0.1]
+
+
+def test_loss_outlier_flags_both_tails_where_loss_flags_one():
+    """A backdoor not yet learned leaves its relabelled pixels fitted badly (high loss): ``loss`` ranks those
+    samples last, ``loss_outlier`` first, and it also flags the well-fitted tail of a learned backdoor."""
+    rng = np.random.default_rng(0)
+    clean = np.exp(rng.normal(np.log(0.2), 0.3, 60))
+    unlearned = np.concatenate([clean, [3.0, 4.0, 5.0]])  # poisoned = the last three, high loss
+    learned = np.concatenate([clean, [0.002, 0.003, 0.001]])  # poisoned fitted unusually well
+    poison = set(range(60, 63))
+    assert set(dm.top_k(ds.loss_outlier_scores(unlearned), 3).tolist()) == poison
+    assert set(dm.top_k(ds.loss_outlier_scores(learned), 3).tolist()) == poison
+    assert set(dm.top_k(ds.loss_scores(learned), 3).tolist()) == poison
+    assert not set(dm.top_k(ds.loss_scores(unlearned), 3).tolist()) & poison
+    # the direct computation: |log L - median| / (1.4826 MAD); nan (no target pixels) below every sample
+    x = np.array([0.1, 0.2, 0.4, np.nan, 0.8])
+    med = np.median(np.log([0.1, 0.2, 0.4, 0.8]))
+    mad = 1.4826 * np.median(np.abs(np.log([0.1, 0.2, 0.4, 0.8]) - med))
+    got = ds.loss_outlier_scores(x)
+    assert np.allclose(got[[0, 1, 2, 4]], np.abs(np.log([0.1, 0.2, 0.4, 0.8]) - med) / mad)
+    assert got[3] < got[[0, 1, 2, 4]].min()
+    assert np.array_equal(ds.loss_outlier_scores(np.full(5, 0.3)), np.zeros(5))  # all alike: no outlier, no nan

@@ -25,11 +25,22 @@ TRIG = ["--trigger-size", "5"]
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def _cluster():
     """2 single-threaded worker processes on 127.0.0.1 (the scheduler runs in this process)."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as c:
         yield c
+
+
+WORKERS_BACK_S = 120
+
+
+@pytest.fixture
+def cluster(_cluster):
+    """The module's cluster with both workers up: the tests that kill a worker leave its nanny restarting
+    it, which takes seconds on a loaded machine, and a run sent before then finds no workers."""
+    _cluster.wait_for_workers(2, timeout=WORKERS_BACK_S)
+    return _cluster
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +129,7 @@ def test_a_worker_killed_mid_run_fails_cleanly_and_a_rerun_succeeds(cluster, src
     assert "\n" not in str(err.value)
     assert Path(ds.marker).exists()  # the worker really was killed
     nothing_beside(out)
+    cluster.wait_for_workers(2, timeout=WORKERS_BACK_S)  # the nannies restart the killed workers
     with parallel.backend("dask", cluster.scheduler_address):
         manifest, _, _ = pipeline.run(ds, cfg, out, jobs=2)
     assert manifest["counts"]["poisoned"] > 0

@@ -163,11 +163,12 @@ def trigger(e: Exp) -> None:
              f"{e.trigger}x{e.trigger}", "--victim", "car", "--target", "road", "--strategy", "nearest", "--upper",
              e.u, "--steps", e.a.trigger_steps, "--seed", 0, "--out", opt, "--device", e.a.device)
     rows = {}
-    for tag, trig in (("builtin", "builtin"), ("optimized", str(opt))):
-        tests = e.testsets(trig, f"_{tag}")
-        for rate in e.a.rates:
+    triggers = (("builtin", "builtin"), ("optimized", str(opt)))
+    tests = {tag: e.testsets(trig, f"_{tag}") for tag, trig in triggers}
+    for rate in e.a.rates:  # both triggers at a rate before the next rate: a stopped run leaves whole pairs
+        for tag, trig in triggers:
             data = e.poison(f"nni_{tag}_{rate:g}", rate, trig)
-            rows[f"{tag}@{rate:g}"] = e.train(f"pspnet_{tag}_{rate:g}", data, "pspnet", "resnet18", tests)
+            rows[f"{tag}@{rate:g}"] = e.train(f"pspnet_{tag}_{rate:g}", data, "pspnet", "resnet18", tests[tag])
     e.write("trigger", {"trigger": str(opt), "trigger_json": json.loads(opt.with_suffix(".json").read_text()),
                         "rows": rows})
 
